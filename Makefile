@@ -1,0 +1,55 @@
+# deskstream — `make help` lists the targets. Everything installs what it needs first.
+SHELL := /bin/bash
+export UV_PYTHON_DOWNLOADS := never
+export UV_LINK_MODE := copy
+UV_VERSION := 0.13.9
+UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
+PY := .venv/bin/python
+INFRA := $(PY) deploy/local/infra.py
+
+.DEFAULT_GOAL := help
+.PHONY: help deps run test lint fmt infra-up infra-down infra-status topics schemas clean
+
+help: ## list the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+deps: ## install what is missing: uv, the locked Python env, Kafka jars, Dovecot
+	@command -v uv >/dev/null 2>&1 || test -x $(UV) || python3 -m pip install --quiet "uv==$(UV_VERSION)"
+	@$$(command -v uv || echo $(UV)) sync --all-packages --frozen --quiet
+	@test -n "$$(ls deploy/local/kafka/target/kafka-libs/kafka_2.13-*.jar 2>/dev/null)" || \
+		mvn -q -B -f deploy/local/kafka/pom.xml package
+	@command -v dovecot >/dev/null 2>&1 || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dovecot-imapd >/dev/null; }
+
+run: deps ## start infrastructure and all five services; Ctrl-C stops everything
+	@$(PY) deploy/local/run.py
+
+test: deps ## run the whole suite against real Kafka, MongoDB-wire, Dovecot and SMTP
+	@$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: deps ## ruff, ruff format --check, mypy (strict on shared/)
+	@.venv/bin/ruff check .
+	@.venv/bin/ruff format --check .
+	@.venv/bin/mypy shared/deskstream services deploy/local tests
+
+fmt: deps ## apply ruff's fixes and formatting
+	@.venv/bin/ruff check --fix .
+	@.venv/bin/ruff format .
+
+infra-up: deps ## start Kafka, SecantusDB, Dovecot and SMTP (idempotent)
+	@$(INFRA) up
+
+infra-down: ## stop the local infrastructure
+	@$(INFRA) down
+
+infra-status: ## show which local infrastructure runs
+	@$(INFRA) status
+
+topics: deps ## create every registry topic (DESKSTREAM_TOPIC_PREFIX, KAFKA_BOOTSTRAP_SERVERS)
+	@$(PY) -m deskstream.topics
+
+schemas: deps ## export JSON Schemas of every event model to schemas/
+	@$(PY) -m deskstream.schemas schemas
+
+clean: infra-down ## stop infrastructure and remove run data
+	@rm -rf .run

@@ -1,0 +1,53 @@
+"""The router's Faust application: its app object, topics and ops routes.
+
+Faust's own web server (aiohttp) serves /healthz, /readyz and /metrics.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import faust
+from deskstream.health import KafkaProbe, Readiness, metrics_body
+from faust.web import Request, Response, View
+
+from deskstream_router.settings import RouterSettings
+
+
+def create_app(settings: RouterSettings) -> faust.App:
+    app = faust.App(
+        f"{settings.topic_prefix}router",
+        broker=f"kafka://{settings.kafka_bootstrap_servers}",
+        store=settings.store,
+        web_host=settings.http_host,
+        web_port=settings.http_port,
+        web_in_thread=False,
+        topic_replication_factor=1,
+        topic_allow_declare=True,  # Faust declares only its own changelog/repartition topics
+        producer_acks=-1,
+        producer_linger_ms=settings.kafka_linger_ms,
+        consumer_auto_offset_reset="earliest",
+        autodiscover=False,
+    )
+    readiness = Readiness()
+    readiness.add("kafka", KafkaProbe(settings.kafka_bootstrap_servers, settings.service_name))
+
+    @app.page("/healthz")
+    class Healthz(View):
+        async def get(self, request: Request) -> Response:
+            return self.json({"status": "ok"})
+
+    @app.page("/readyz")
+    class Readyz(View):
+        async def get(self, request: Request) -> Response:
+            ready, detail = await readiness.report()
+            body: dict[str, Any] = {"status": "ready" if ready else "not ready", "checks": detail}
+            return self.json(body, status=200 if ready else 503)
+
+    @app.page("/metrics")
+    class Metrics(View):
+        async def get(self, request: Request) -> Response:
+            body, ctype = metrics_body()
+            return self.bytes(body, content_type=ctype.split(";")[0])
+
+    return app

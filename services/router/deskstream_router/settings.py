@@ -1,0 +1,15 @@
+"""Settings of the router (env prefix `ROUTER_`)."""
+
+from __future__ import annotations
+
+from deskstream.settings import ServiceSettings
+from pydantic_settings import SettingsConfigDict
+
+
+class RouterSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="ROUTER_", extra="ignore", frozen=True)
+
+    service_name: str = "router"
+    http_port: int = 8082
+    # Where Faust keeps its table stores; "memory://" rebuilds tables from changelogs.
+    store: str = "memory://"

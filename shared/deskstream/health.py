@@ -1,0 +1,155 @@
+"""Honest health: `/healthz` (the process runs), `/readyz` (its dependencies answer), `/metrics`.
+
+A `Readiness` holds named async checks; each runs with a short timeout on every request,
+so `/readyz` turns 503 within seconds of a dependency going away and 200 once it is back.
+Two thin adapters serve it: `ops_server` (aiohttp, for workers without a web framework)
+and `fastapi_router` (for the FastAPI services).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from aiokafka import AIOKafkaClient
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+if TYPE_CHECKING:
+    from aiohttp import web
+    from fastapi import APIRouter
+
+Check = Callable[[], Awaitable[Any]]
+
+
+class Readiness:
+    def __init__(self, timeout_s: float = 2.0) -> None:
+        self.timeout_s = timeout_s
+        self.checks: dict[str, Check] = {}
+
+    def add(self, name: str, check: Check) -> None:
+        self.checks[name] = check
+
+    async def _run(self, check: Check) -> str:
+        try:
+            await asyncio.wait_for(check(), self.timeout_s)
+            return "ok"
+        except Exception as exc:  # any failure of a dependency means "not ready"
+            return (
+                f"failing: {type(exc).__name__}: {exc}"[:300]
+                if str(exc)
+                else (f"failing: {type(exc).__name__}")
+            )
+
+    async def report(self) -> tuple[bool, dict[str, str]]:
+        names = list(self.checks)
+        results = await asyncio.gather(*(self._run(self.checks[n]) for n in names))
+        detail = dict(zip(names, results, strict=True))
+        return all(r == "ok" for r in results), detail
+
+
+class KafkaProbe:
+    """Asks the cluster for its metadata: answers only while a broker does."""
+
+    def __init__(self, bootstrap_servers: str, client_id: str) -> None:
+        self.bootstrap_servers = bootstrap_servers
+        self.client_id = client_id
+        self._client: AIOKafkaClient | None = None
+
+    async def __call__(self) -> None:
+        if self._client is None:
+            client = AIOKafkaClient(
+                bootstrap_servers=self.bootstrap_servers,
+                client_id=f"{self.client_id}-health",
+                request_timeout_ms=2000,
+            )
+            await client.bootstrap()
+            self._client = client
+        try:
+            await self._client.fetch_all_metadata()
+        except Exception:
+            # Start afresh next time: a broker that restarted may have a new identity.
+            await self.close()
+            raise
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            with contextlib.suppress(Exception):
+                await client.close()
+
+
+def mongo_probe(client: Any) -> Check:
+    """A check that pings a PyMongo `AsyncMongoClient`."""
+
+    async def ping() -> None:
+        await client.admin.command("ping")
+
+    return ping
+
+
+def metrics_body() -> tuple[bytes, str]:
+    return generate_latest(), CONTENT_TYPE_LATEST
+
+
+def ops_app(readiness: Readiness) -> web.Application:
+    """An aiohttp app with the three ops routes."""
+    from aiohttp import web
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(_: web.Request) -> web.Response:
+        ready, detail = await readiness.report()
+        return web.json_response(
+            {"status": "ready" if ready else "not ready", "checks": detail},
+            status=200 if ready else 503,
+        )
+
+    async def metrics(_: web.Request) -> web.Response:
+        body, ctype = metrics_body()
+        return web.Response(body=body, headers={"Content-Type": ctype})
+
+    app = web.Application()
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    return app
+
+
+async def ops_server(readiness: Readiness, host: str, port: int) -> web.AppRunner:
+    """Start the ops routes on host:port; stop with `await runner.cleanup()`."""
+    from aiohttp import web
+
+    runner = web.AppRunner(ops_app(readiness), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    return runner
+
+
+def fastapi_router(readiness: Readiness) -> APIRouter:
+    """The ops routes for a FastAPI app (no authentication: probes and scrapers call them)."""
+    from fastapi import APIRouter, Response
+    from fastapi.responses import JSONResponse
+
+    router = APIRouter(tags=["ops"])
+
+    @router.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @router.get("/readyz")
+    async def readyz() -> JSONResponse:
+        ready, detail = await readiness.report()
+        return JSONResponse(
+            {"status": "ready" if ready else "not ready", "checks": detail},
+            status_code=200 if ready else 503,
+        )
+
+    @router.get("/metrics")
+    async def metrics() -> Response:
+        body, ctype = metrics_body()
+        return Response(content=body, media_type=ctype)
+
+    return router

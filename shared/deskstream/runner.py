@@ -1,0 +1,272 @@
+"""The one Kafka consumer runner: consume -> batch -> handle -> commit, with a dead-letter topic.
+
+Contract for handlers (`async def handle(records) -> None`):
+- Handling must be idempotent on the records' event ids: a batch is handed over again after
+  a crash or a rebalance, because offsets are committed only after the handler returned.
+- Raise `PoisonRecords({index: error})` for records that can never be processed (after
+  handling the rest); they go to `deadletter.<stage>` with their original bytes at once.
+- Raise a transient error (`TransientError`, or a type listed in `transient`) when a
+  dependency is down: the runner pauses its partitions (no fetching, so no unbounded
+  buffer), backs off, and hands the same batch over again until it succeeds.
+- Any other exception is narrowed down by splitting the batch in halves; a single record
+  that keeps failing `max_attempts` times is dead-lettered with the error and the count.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import CommitFailedError, KafkaConnectionError, KafkaError
+from aiokafka.structs import OffsetAndMetadata
+from prometheus_client import Counter, Histogram
+from pydantic import BaseModel, ValidationError
+
+from deskstream.cloudevents import header
+from deskstream.events import DeadLetter
+from deskstream.producer import Publisher, encode
+from deskstream.settings import ServiceSettings
+
+log = logging.getLogger(__name__)
+M = TypeVar("M", bound=BaseModel)
+
+RECORDS = Counter(
+    "deskstream_records_total", "Records handled by a runner, by outcome", ["stage", "outcome"]
+)
+BATCH_SECONDS = Histogram(
+    "deskstream_batch_seconds",
+    "Time to handle one batch",
+    ["stage"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+
+
+class TransientError(Exception):
+    """A dependency is unavailable; the same batch will be retried after a pause."""
+
+
+class PoisonRecords(Exception):
+    """These records (index in the batch -> error) can never be processed."""
+
+    def __init__(self, failures: dict[int, BaseException]) -> None:
+        super().__init__(f"{len(failures)} poison record(s)")
+        self.failures = failures
+
+
+@dataclass(frozen=True)
+class Record:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: Sequence[tuple[str, bytes]]
+    timestamp_ms: int
+
+    def decode(self, model: type[M]) -> M:
+        """The value as `model`; raises ValueError naming the problem if it is not one."""
+        if self.value is None:
+            raise ValueError("record has no value (tombstone)")
+        return model.model_validate_json(self.value)
+
+
+Handler = Callable[[list[Record]], Awaitable[None]]
+
+
+def decode_all(
+    records: Sequence[Record], model: type[M]
+) -> tuple[list[tuple[int, M]], dict[int, BaseException]]:
+    """Decode a batch: the good ones with their index, and the failures for `PoisonRecords`."""
+    good: list[tuple[int, M]] = []
+    bad: dict[int, BaseException] = {}
+    for i, record in enumerate(records):
+        try:
+            good.append((i, record.decode(model)))
+        except (ValidationError, ValueError, UnicodeDecodeError) as exc:
+            bad[i] = exc
+    return good, bad
+
+
+class BatchRunner:
+    def __init__(
+        self,
+        *,
+        settings: ServiceSettings,
+        stage: str,
+        topics: Sequence[str],
+        group_id: str,
+        handler: Handler,
+        publisher: Publisher,
+        max_batch: int = 500,
+        max_wait_ms: int = 200,
+        max_attempts: int = 3,
+        transient: tuple[type[BaseException], ...] = (),
+        backoff_max_s: float = 10.0,
+    ) -> None:
+        self.stage = stage
+        self.topics = list(topics)
+        self.handler = handler
+        self.publisher = publisher
+        self.dlq_topic = settings.topics.deadletter(stage)
+        self.max_batch = max_batch
+        self.max_wait_ms = max_wait_ms
+        self.max_attempts = max_attempts
+        self.transient = (TransientError, KafkaConnectionError, *transient)
+        self.backoff_max_s = backoff_max_s
+        self.consumer = AIOKafkaConsumer(
+            *self.topics,
+            bootstrap_servers=settings.kafka_bootstrap_servers,
+            group_id=group_id,
+            client_id=f"{settings.service_name}-{stage}",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            isolation_level="read_committed",
+            max_poll_records=max_batch,
+        )
+        self._stopping = asyncio.Event()
+        self.batches_done = 0
+
+    async def start(self) -> None:
+        await self.consumer.start()
+
+    def stop(self) -> None:
+        """Finish the batch in hand, commit it, and return from `run()`."""
+        self._stopping.set()
+
+    async def run(self) -> None:
+        try:
+            while not self._stopping.is_set():
+                fetched = await self.consumer.getmany(
+                    timeout_ms=self.max_wait_ms, max_records=self.max_batch
+                )
+                records = [
+                    Record(
+                        m.topic, m.partition, m.offset, m.key, m.value, m.headers or (), m.timestamp
+                    )
+                    for msgs in fetched.values()
+                    for m in msgs
+                ]
+                if not records:
+                    continue
+                started = time.monotonic()
+                await self._handle_until_done(records)
+                BATCH_SECONDS.labels(self.stage).observe(time.monotonic() - started)
+                await self._commit(records)
+                self.batches_done += 1
+        finally:
+            await self.consumer.stop()
+
+    async def _commit(self, records: Sequence[Record]) -> None:
+        offsets: dict[TopicPartition, OffsetAndMetadata] = {}
+        for r in records:
+            offsets[TopicPartition(r.topic, r.partition)] = OffsetAndMetadata(r.offset + 1, "")
+        try:
+            await self.consumer.commit(offsets)
+        except CommitFailedError:
+            # The partitions moved to another member during the batch; it will hand the
+            # same records over again, and the idempotent handler makes that harmless.
+            log.warning("commit refused after a rebalance", extra={"stage": self.stage})
+
+    async def _handle_until_done(self, records: list[Record]) -> None:
+        """Handle the batch, retrying transient failures with pauses until it goes through."""
+        delay = 0.2
+        while True:
+            try:
+                await self._handle(records, attempts={})
+                return
+            except self.transient as exc:
+                log.warning(
+                    "dependency unavailable, pausing consumption",
+                    extra={"stage": self.stage, "error": repr(exc), "retry_in_s": delay},
+                )
+                RECORDS.labels(self.stage, "retried").inc(len(records))
+                partitions = self.consumer.assignment()
+                self.consumer.pause(*partitions)
+                try:
+                    await asyncio.sleep(delay)
+                finally:
+                    self.consumer.resume(
+                        *[p for p in partitions if p in self.consumer.assignment()]
+                    )
+                delay = min(delay * 2, self.backoff_max_s)
+
+    async def _handle(
+        self, records: list[Record], attempts: dict[tuple[str, int, int], int]
+    ) -> None:
+        try:
+            await self.handler(records)
+            RECORDS.labels(self.stage, "ok").inc(len(records))
+        except self.transient:
+            raise
+        except PoisonRecords as poison:
+            await self.dead_letter([(records[i], exc, 1) for i, exc in poison.failures.items()])
+            RECORDS.labels(self.stage, "ok").inc(len(records) - len(poison.failures))
+        except Exception as exc:
+            if len(records) > 1:
+                # Narrow the failure down: the good half goes through, the bad half splits on.
+                mid = len(records) // 2
+                await self._handle(records[:mid], attempts)
+                await self._handle(records[mid:], attempts)
+                return
+            only = records[0]
+            key = (only.topic, only.partition, only.offset)
+            attempts[key] = attempts.get(key, 0) + 1
+            if attempts[key] < self.max_attempts:
+                await self._handle(records, attempts)
+            else:
+                await self.dead_letter([(records[0], exc, attempts[key])])
+
+    async def dead_letter(self, failures: Sequence[tuple[Record, BaseException, int]]) -> None:
+        """Publish the failed records, with their original bytes and the reason, and wait."""
+        futures = []
+        for record, exc, attempts in failures:
+            letter = DeadLetter(
+                stage=self.stage,
+                reason=str(exc)[:4000] or type(exc).__name__,
+                error_type=type(exc).__name__,
+                attempts=attempts,
+                original_topic=record.topic,
+                original_partition=record.partition,
+                original_offset=record.offset,
+                original_key_b64=DeadLetter.b64(record.key),
+                original_value_b64=DeadLetter.b64(record.value) or "",
+                original_headers=[(k, DeadLetter.b64(v) or "") for k, v in record.headers],
+                event_id=header(record.headers, "ce_id"),
+            )
+            log.error(
+                "record dead-lettered",
+                extra={
+                    "stage": self.stage,
+                    "topic": record.topic,
+                    "partition": record.partition,
+                    "offset": record.offset,
+                    "event_id": letter.event_id,
+                    "error": letter.reason[:300],
+                    "attempts": attempts,
+                },
+            )
+            futures.append(
+                await self.publisher.send_raw(
+                    self.dlq_topic, record.key, encode(letter), list(record.headers)
+                )
+            )
+        if futures:
+            try:
+                await asyncio.gather(*futures)
+            except KafkaError as exc:
+                raise TransientError(f"dead-letter publish failed: {exc!r}") from exc
+        RECORDS.labels(self.stage, "deadlettered").inc(len(failures))
+
+
+async def run_until_stopped(runner: BatchRunner, stop: asyncio.Event) -> Any:
+    """Run `runner` until `stop` is set (e.g. by SIGTERM), then let it finish its batch."""
+    await runner.start()
+    task = asyncio.create_task(runner.run())
+    await stop.wait()
+    runner.stop()
+    return await task

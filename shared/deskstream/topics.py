@@ -1,0 +1,167 @@
+"""The one topic registry: every topic deskstream uses, its key, value model and settings.
+
+All names live under a configurable prefix (`DESKSTREAM_TOPIC_PREFIX`), so several
+installations or test runs share one cluster without seeing each other's records.
+`ensure_topics()` creates them idempotently; it is the bootstrap step of `make topics`,
+`make run` and the test fixtures.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Literal
+
+from pydantic import BaseModel
+
+from deskstream.events import (
+    AgentState,
+    Channel,
+    DeadLetter,
+    InboundMessage,
+    OutboundReply,
+    ServiceEntry,
+)
+
+log = logging.getLogger(__name__)
+
+WEEK_MS = 7 * 24 * 3600 * 1000
+STAGES = ("ingest-email", "ingest-social", "ingest-chat", "router", "ticket-api")
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """One topic: its unprefixed name, what its key is, what its values are, how it is kept."""
+
+    name: str
+    key: str
+    value: type[BaseModel] | str
+    partitions: int
+    cleanup: Literal["delete", "compact"] = "delete"
+    retention_ms: int = WEEK_MS
+    extra_config: dict[str, str] = field(default_factory=dict)
+
+    def config(self) -> dict[str, str]:
+        cfg = {"cleanup.policy": self.cleanup, **self.extra_config}
+        if self.cleanup == "delete":
+            cfg["retention.ms"] = str(self.retention_ms)
+        return cfg
+
+    @property
+    def value_name(self) -> str:
+        return self.value if isinstance(self.value, str) else self.value.__name__
+
+
+def _registry() -> tuple[TopicSpec, ...]:
+    inbound = tuple(
+        TopicSpec(f"inbound.{ch.value}", "conversation key", InboundMessage, 6) for ch in Channel
+    )
+    outbound = tuple(
+        TopicSpec(f"outbound.{ch.value}", "conversation key", OutboundReply, 3)
+        for ch in Channel
+        if ch is not Channel.PORTAL  # portal users read their replies through the API
+    )
+    deadletter = tuple(
+        TopicSpec(f"deadletter.{stage}", "original key", DeadLetter, 1, retention_ms=4 * WEEK_MS)
+        for stage in STAGES
+    )
+    return (
+        *inbound,
+        TopicSpec("routing.requests", "team", "RoutingRequest (router-internal)", 6),
+        TopicSpec("tickets.commands", "ticket id", "TicketCommand", 6),
+        TopicSpec("tickets.events", "ticket id", "TicketEvent", 6, retention_ms=4 * WEEK_MS),
+        TopicSpec("agents.state", "agent id", AgentState, 3, cleanup="compact"),
+        TopicSpec("catalogue.services", "service id", ServiceEntry, 1, cleanup="compact"),
+        *outbound,
+        *deadletter,
+    )
+
+
+TOPICS: tuple[TopicSpec, ...] = _registry()
+BY_NAME: dict[str, TopicSpec] = {t.name: t for t in TOPICS}
+
+# Faust creates its own internal topics (table changelogs, repartitions) under the app id;
+# the router's app id starts with the prefix, so these patterns name them for operators.
+INTERNAL_TOPIC_PATTERNS = ("{prefix}router-*-changelog", "{prefix}router-*-repartition")
+
+
+class Topics:
+    """Resolves registry names under one prefix: `Topics("t1.").name("tickets.events")`."""
+
+    def __init__(self, prefix: str = "") -> None:
+        if prefix and not prefix.endswith((".", "-", "_")):
+            prefix += "."
+        self.prefix = prefix
+
+    def name(self, unprefixed: str) -> str:
+        if unprefixed not in BY_NAME:
+            raise KeyError(f"{unprefixed!r} is not in the topic registry")
+        return self.prefix + unprefixed
+
+    def inbound(self, channel: Channel) -> str:
+        return self.name(f"inbound.{channel.value}")
+
+    def outbound(self, channel: Channel) -> str:
+        return self.name(f"outbound.{channel.value}")
+
+    def deadletter(self, stage: str) -> str:
+        return self.name(f"deadletter.{stage}")
+
+    def all(self) -> dict[str, TopicSpec]:
+        return {self.prefix + t.name: t for t in TOPICS}
+
+
+def ensure_topics(bootstrap_servers: str, prefix: str = "", timeout_s: float = 30) -> list[str]:
+    """Create every registry topic under `prefix` that does not exist yet; returns the new ones.
+
+    Idempotent: existing topics are left as they are (their partition count is checked, not
+    changed, because changing it would move keys between partitions).
+    """
+    from kafka.admin import KafkaAdminClient, NewTopic
+    from kafka.errors import TopicAlreadyExistsError
+
+    wanted = Topics(prefix).all()
+    admin = KafkaAdminClient(
+        bootstrap_servers=bootstrap_servers,
+        client_id="deskstream-bootstrap",
+        request_timeout_ms=int(timeout_s * 1000),
+    )
+    try:
+        existing = set(admin.list_topics())
+        missing = [
+            NewTopic(name, spec.partitions, 1, topic_configs=spec.config())
+            for name, spec in wanted.items()
+            if name not in existing
+        ]
+        created: list[str] = []
+        for new in missing:
+            try:
+                admin.create_topics([new], timeout_ms=int(timeout_s * 1000))
+                created.append(new.name)
+            except TopicAlreadyExistsError:
+                pass  # created concurrently by another bootstrap: fine
+        present = admin.describe_topics([n for n in wanted if n in existing])
+        for desc in present:
+            spec = wanted[desc["topic"]]
+            if len(desc["partitions"]) != spec.partitions:
+                log.warning(
+                    "topic has a different partition count than the registry",
+                    extra={"topic": desc["topic"], "registry": spec.partitions},
+                )
+        return created
+    finally:
+        admin.close()
+
+
+def main() -> None:
+    """`python -m deskstream.topics`: create the topics for the environment's settings."""
+    import os
+
+    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:19092")
+    prefix = os.environ.get("DESKSTREAM_TOPIC_PREFIX", "")
+    created = ensure_topics(bootstrap, prefix)
+    print(f"{len(created)} topic(s) created, {len(TOPICS) - len(created)} already there")
+
+
+if __name__ == "__main__":
+    main()
