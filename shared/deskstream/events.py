@@ -194,22 +194,32 @@ class MessageAdded(_TicketEvent):
 
 
 class TicketAssigned(_TicketEvent):
+    """Carries channel and status so load can be derived from this topic alone."""
+
     type: Literal["assigned"] = "assigned"
     agent_id: Id
     previous_agent_id: Id | None = None
     team: Id | None = None
+    channel: Channel
+    status: TicketStatus = TicketStatus.OPEN
 
 
 class TicketQueued(_TicketEvent):
     type: Literal["queued"] = "queued"
     team: Id
     position: Annotated[int, Field(ge=1)]
+    channel: Channel
 
 
 class StatusChanged(_TicketEvent):
+    """Names the assignee and channel, so a consumer can free (or re-take) a capacity slot."""
+
     type: Literal["status_changed"] = "status_changed"
     old: TicketStatus
     new: TicketStatus
+    assignee: Id | None = None
+    team: Id | None = None
+    channel: Channel
 
 
 TicketEvent = Annotated[

@@ -36,6 +36,15 @@ def ticket_id_for(first_event_id: str) -> str:
     return TICKET_ID_PREFIX + base64.b32encode(digest[:5]).decode("ascii")
 
 
+def desk_message_id(ticket_id: str, reply_id: str, domain: str) -> str:
+    """The Message-ID of a mail the desk sends: it names the ticket, so any reply finds it.
+
+    `<DS-XXXXXXXX.<16 hex of the reply id>@domain>` (FreeScout-style thread ids).
+    """
+    digest = hashlib.sha256(reply_id.encode("utf-8")).hexdigest()[:16]
+    return f"<{ticket_id}.{digest}@{domain}>"
+
+
 def find_ticket_token(text: str) -> str | None:
     """The first ticket id written in `text` (e.g. a subject `RE: [#DS-7K2M6QXA] VPN`)."""
     match = TICKET_ID_RE.search(text.upper()) if text else None
