@@ -74,6 +74,14 @@ class Infra:
         }
 
 
+def _listening(port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
 def _docker_answers() -> bool:
     if shutil.which("docker") is None:
         return False
@@ -105,6 +113,10 @@ def infra() -> Iterator[Infra]:
             containers.append(mongo.start())
             given["mongo"] = mongo.get_connection_url()
     local = [name for name, value in given.items() if not value]
+    # Several test sessions may share the test infrastructure: stop only what this one
+    # started.
+    port_of = {"kafka": "KAFKA", "mongo": "MONGO", "imap": "IMAP", "smtp": "SMTP"}
+    started = [name for name in local if not _listening(TEST_PORTS[port_of[name]])]
     if local:
         infra_cmd("up", *local)
     try:
@@ -119,8 +131,8 @@ def infra() -> Iterator[Infra]:
             local_kafka="kafka" in local,
         )
     finally:
-        if local:
-            infra_cmd("down", *local)
+        if started:
+            infra_cmd("down", *started)
         for container in containers:
             container.stop()
 
