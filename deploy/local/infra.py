@@ -290,13 +290,15 @@ def _start_dovecot(proc_dir: Path) -> None:
 
 
 def _stop_dovecot(proc_dir: Path) -> bool:
-    if _alive(proc_dir):
-        subprocess.run(
-            ["doveadm", "-c", str(_dovecot_conf(proc_dir)), "stop"],
-            capture_output=True,
-            check=False,
-        )
-    return terminate(proc_dir)
+    if not _alive(proc_dir):
+        return terminate(proc_dir)
+    subprocess.run(
+        ["doveadm", "-c", str(_dovecot_conf(proc_dir)), "stop"],
+        capture_output=True,
+        check=False,
+    )
+    terminate(proc_dir)
+    return True
 
 
 def imap_ready() -> bool:

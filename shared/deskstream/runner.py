@@ -1,10 +1,14 @@
 """The one Kafka consumer runner: consume -> batch -> handle -> commit, with a dead-letter topic.
 
+After a batch is handled, its dead letters and its consumed offsets go to Kafka in one
+transaction: a crash before that commit leaves neither (the batch is handed over again),
+after it both — so the dead-letter topic holds each poisoned record exactly once.
+
 Contract for handlers (`async def handle(records) -> None`):
 - Handling must be idempotent on the records' event ids: a batch is handed over again after
   a crash or a rebalance, because offsets are committed only after the handler returned.
 - Raise `PoisonRecords({index: error})` for records that can never be processed (after
-  handling the rest); they go to `deadletter.<stage>` with their original bytes at once.
+  handling the rest); they go to `deadletter.<stage>` with their original bytes.
 - Raise a transient error (`TransientError`, or a type listed in `transient`) when a
   dependency is down: the runner pauses its partitions (no fetching, so no unbounded
   buffer), backs off, and hands the same batch over again until it succeeds.
@@ -17,19 +21,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import CommitFailedError, KafkaConnectionError, KafkaError
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaConnectionError, KafkaError
 from aiokafka.structs import OffsetAndMetadata
 from prometheus_client import Counter, Histogram
 from pydantic import BaseModel, ValidationError
 
 from deskstream.cloudevents import header
 from deskstream.events import DeadLetter
-from deskstream.producer import Publisher, encode
+from deskstream.producer import encode, producer_config
 from deskstream.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
@@ -101,7 +106,6 @@ class BatchRunner:
         topics: Sequence[str],
         group_id: str,
         handler: Handler,
-        publisher: Publisher,
         max_batch: int = 500,
         max_wait_ms: int = 200,
         max_attempts: int = 3,
@@ -111,7 +115,7 @@ class BatchRunner:
         self.stage = stage
         self.topics = list(topics)
         self.handler = handler
-        self.publisher = publisher
+        self.group_id = group_id
         self.dlq_topic = settings.topics.deadletter(stage)
         self.max_batch = max_batch
         self.max_wait_ms = max_wait_ms
@@ -128,11 +132,24 @@ class BatchRunner:
             isolation_level="read_committed",
             max_poll_records=max_batch,
         )
+        # Dead letters and offsets are committed in one transaction (see module docstring).
+        self.producer = AIOKafkaProducer(
+            **producer_config(settings),
+            transactional_id=f"{group_id}-{stage}-{uuid.uuid4().hex[:12]}",
+        )
         self._stopping = asyncio.Event()
+        self._letters: list[DeadLetter] = []
+        self._letter_keys: list[bytes | None] = []
+        self._letter_headers: list[list[tuple[str, bytes]]] = []
         self.batches_done = 0
 
     async def start(self) -> None:
-        await self.consumer.start()
+        await self.producer.start()
+        try:
+            await self.consumer.start()
+        except BaseException:
+            await self.producer.stop()
+            raise
 
     def stop(self) -> None:
         """Finish the batch in hand, commit it, and return from `run()`."""
@@ -160,17 +177,38 @@ class BatchRunner:
                 self.batches_done += 1
         finally:
             await self.consumer.stop()
+            await self.producer.stop()
 
     async def _commit(self, records: Sequence[Record]) -> None:
-        offsets: dict[TopicPartition, OffsetAndMetadata] = {}
+        """Publish the batch's dead letters and commit its offsets, atomically."""
+        offsets: dict[TopicPartition, int] = {}
         for r in records:
-            offsets[TopicPartition(r.topic, r.partition)] = OffsetAndMetadata(r.offset + 1, "")
-        try:
-            await self.consumer.commit(offsets)
-        except CommitFailedError:
-            # The partitions moved to another member during the batch; it will hand the
-            # same records over again, and the idempotent handler makes that harmless.
-            log.warning("commit refused after a rebalance", extra={"stage": self.stage})
+            offsets[TopicPartition(r.topic, r.partition)] = r.offset + 1
+        delay = 0.2
+        while True:
+            try:
+                async with self.producer.transaction():
+                    for letter, key, headers in zip(
+                        self._letters, self._letter_keys, self._letter_headers, strict=True
+                    ):
+                        await self.producer.send(
+                            self.dlq_topic, key=key, value=encode(letter), headers=headers
+                        )
+                    await self.producer.send_offsets_to_transaction(
+                        {tp: OffsetAndMetadata(o, "") for tp, o in offsets.items()},
+                        self.group_id,
+                    )
+                break
+            except KafkaError as exc:
+                # The transaction was aborted: nothing of it is visible; try it again.
+                log.warning(
+                    "commit failed, retrying",
+                    extra={"stage": self.stage, "error": repr(exc), "retry_in_s": delay},
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.backoff_max_s)
+        RECORDS.labels(self.stage, "deadlettered").inc(len(self._letters))
+        self._letters, self._letter_keys, self._letter_headers = [], [], []
 
     async def _handle_until_done(self, records: list[Record]) -> None:
         """Handle the batch, retrying transient failures with pauses until it goes through."""
@@ -180,6 +218,7 @@ class BatchRunner:
                 await self._handle(records, attempts={})
                 return
             except self.transient as exc:
+                self._letters, self._letter_keys, self._letter_headers = [], [], []
                 log.warning(
                     "dependency unavailable, pausing consumption",
                     extra={"stage": self.stage, "error": repr(exc), "retry_in_s": delay},
@@ -222,8 +261,7 @@ class BatchRunner:
                 await self.dead_letter([(records[0], exc, attempts[key])])
 
     async def dead_letter(self, failures: Sequence[tuple[Record, BaseException, int]]) -> None:
-        """Publish the failed records, with their original bytes and the reason, and wait."""
-        futures = []
+        """Queue the failed records, with their original bytes and the reason, for the commit."""
         for record, exc, attempts in failures:
             letter = DeadLetter(
                 stage=self.stage,
@@ -250,17 +288,9 @@ class BatchRunner:
                     "attempts": attempts,
                 },
             )
-            futures.append(
-                await self.publisher.send_raw(
-                    self.dlq_topic, record.key, encode(letter), list(record.headers)
-                )
-            )
-        if futures:
-            try:
-                await asyncio.gather(*futures)
-            except KafkaError as exc:
-                raise TransientError(f"dead-letter publish failed: {exc!r}") from exc
-        RECORDS.labels(self.stage, "deadlettered").inc(len(failures))
+            self._letters.append(letter)
+            self._letter_keys.append(record.key)
+            self._letter_headers.append(list(record.headers))
 
 
 async def run_until_stopped(runner: BatchRunner, stop: asyncio.Event) -> Any:

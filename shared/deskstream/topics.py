@@ -142,11 +142,11 @@ def ensure_topics(bootstrap_servers: str, prefix: str = "", timeout_s: float = 3
                 pass  # created concurrently by another bootstrap: fine
         present = admin.describe_topics([n for n in wanted if n in existing])
         for desc in present:
-            spec = wanted[desc["topic"]]
+            spec = wanted[desc["name"]]
             if len(desc["partitions"]) != spec.partitions:
                 log.warning(
                     "topic has a different partition count than the registry",
-                    extra={"topic": desc["topic"], "registry": spec.partitions},
+                    extra={"topic": desc["name"], "registry": spec.partitions},
                 )
         return created
     finally:
