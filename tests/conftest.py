@@ -117,8 +117,8 @@ def infra() -> Iterator[Infra]:
     # started.
     port_of = {"kafka": "KAFKA", "mongo": "MONGO", "imap": "IMAP", "smtp": "SMTP"}
     started = [name for name in local if not _listening(TEST_PORTS[port_of[name]])]
-    if local:
-        infra_cmd("up", *local)
+    if started:
+        infra_cmd("up", *started)
     try:
         yield Infra(
             kafka=given["kafka"] or f"127.0.0.1:{TEST_PORTS['KAFKA']}",
