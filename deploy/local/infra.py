@@ -274,6 +274,12 @@ def _start_dovecot(proc_dir: Path) -> None:
     if shutil.which("dovecot") is None:
         raise SystemExit("dovecot is missing: apt-get install dovecot-imapd (make deps does it)")
     mail = proc_dir / "mail"
+    blocked = [p for p in proc_dir.parents if p.exists() and not p.stat().st_mode & 0o001]
+    if blocked:
+        raise SystemExit(
+            f"Dovecot's unprivileged processes cannot traverse {blocked[0]}; "
+            "use a DESKSTREAM_RUN_DIR whose parents are world-executable"
+        )
     for sub in ("base", "state", "mail"):
         (proc_dir / sub).mkdir(parents=True, exist_ok=True)
     # Dovecot refuses to touch mail as root: the users live as nobody/nogroup.

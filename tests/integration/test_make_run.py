@@ -8,9 +8,10 @@ import signal
 import socket
 import subprocess
 import time
+import uuid
 from pathlib import Path
 
-from tests.conftest import REPO, free_port
+from tests.conftest import REPO, TEST_RUN_DIR, free_port
 
 
 def listening(port: int) -> bool:
@@ -31,7 +32,7 @@ def processes_in_group(pgid: int) -> list[str]:
     return found
 
 
-def test_make_run_starts_everything_and_sigint_stops_it(tmp_path: Path) -> None:
+def test_make_run_starts_everything_and_sigint_stops_it() -> None:
     infra_ports = {
         "KAFKA": free_port(),
         "KAFKA_CONTROLLER": free_port(),
@@ -49,7 +50,8 @@ def test_make_run_starts_everything_and_sigint_stops_it(tmp_path: Path) -> None:
             for k, v in os.environ.items()
             if k not in {"KAFKA_BOOTSTRAP_SERVERS", "MONGODB_URI"}
         },
-        "DESKSTREAM_RUN_DIR": str(tmp_path / "run"),
+        # Under the repo, not tmp_path: Dovecot's unprivileged processes must traverse it.
+        "DESKSTREAM_RUN_DIR": str(TEST_RUN_DIR / f"makerun-{uuid.uuid4().hex[:6]}"),
         "DESKSTREAM_SERVICE_PORT_BASE": str(base),
         **{f"DESKSTREAM_{k}_PORT": str(v) for k, v in infra_ports.items()},
     }
