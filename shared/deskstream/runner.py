@@ -83,6 +83,25 @@ class Record:
 Handler = Callable[[list[Record]], Awaitable[None]]
 
 
+def dead_letter_for(
+    record: Record, *, stage: str, error: BaseException, attempts: int
+) -> DeadLetter:
+    """The dead-letter record of `record`: its original bytes, key, headers and the reason."""
+    return DeadLetter(
+        stage=stage,
+        reason=str(error)[:4000] or type(error).__name__,
+        error_type=type(error).__name__,
+        attempts=attempts,
+        original_topic=record.topic,
+        original_partition=record.partition,
+        original_offset=record.offset,
+        original_key_b64=DeadLetter.b64(record.key),
+        original_value_b64=DeadLetter.b64(record.value) or "",
+        original_headers=[(k, DeadLetter.b64(v) or "") for k, v in record.headers],
+        event_id=header(record.headers, "ce_id"),
+    )
+
+
 def decode_all(
     records: Sequence[Record], model: type[M]
 ) -> tuple[list[tuple[int, M]], dict[int, BaseException]]:
@@ -263,19 +282,7 @@ class BatchRunner:
     async def dead_letter(self, failures: Sequence[tuple[Record, BaseException, int]]) -> None:
         """Queue the failed records, with their original bytes and the reason, for the commit."""
         for record, exc, attempts in failures:
-            letter = DeadLetter(
-                stage=self.stage,
-                reason=str(exc)[:4000] or type(exc).__name__,
-                error_type=type(exc).__name__,
-                attempts=attempts,
-                original_topic=record.topic,
-                original_partition=record.partition,
-                original_offset=record.offset,
-                original_key_b64=DeadLetter.b64(record.key),
-                original_value_b64=DeadLetter.b64(record.value) or "",
-                original_headers=[(k, DeadLetter.b64(v) or "") for k, v in record.headers],
-                event_id=header(record.headers, "ce_id"),
-            )
+            letter = dead_letter_for(record, stage=self.stage, error=exc, attempts=attempts)
             log.error(
                 "record dead-lettered",
                 extra={

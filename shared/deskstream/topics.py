@@ -67,7 +67,10 @@ def _registry() -> tuple[TopicSpec, ...]:
     )
     return (
         *inbound,
-        TopicSpec("routing.requests", "team", "RoutingRequest (router-internal)", 6),
+        # Router-internal: stage 2 input keyed by team (tickets to place, agent snapshots),
+        # and load changes keyed by agent (partitioned like agents.state, which it joins).
+        TopicSpec("routing.requests", "team", "RoutingInput (router-internal)", 6),
+        TopicSpec("routing.agent-load", "agent id", "LoadDelta (router-internal)", 3),
         TopicSpec("tickets.commands", "ticket id", "TicketCommand", 6),
         TopicSpec("tickets.events", "ticket id", "TicketEvent", 6, retention_ms=4 * WEEK_MS),
         TopicSpec("agents.state", "agent id", AgentState, 3, cleanup="compact"),

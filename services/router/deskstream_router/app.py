@@ -11,7 +11,9 @@ import faust
 from deskstream.health import KafkaProbe, Readiness, metrics_body
 from faust.web import Request, Response, View
 
+from deskstream_router.classify import Rules
 from deskstream_router.settings import RouterSettings
+from deskstream_router.topology import Topology
 
 
 def create_app(settings: RouterSettings) -> faust.App:
@@ -29,8 +31,10 @@ def create_app(settings: RouterSettings) -> faust.App:
         consumer_auto_offset_reset="earliest",
         autodiscover=False,
     )
+    topology = Topology(app, settings, Rules.load(settings.rules_path))
     readiness = Readiness()
     readiness.add("kafka", KafkaProbe(settings.kafka_bootstrap_servers, settings.service_name))
+    readiness.add("catalogue", topology.catalogue.check)
 
     @app.page("/healthz")
     class Healthz(View):

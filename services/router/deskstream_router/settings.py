@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from deskstream.settings import ServiceSettings
 from pydantic_settings import SettingsConfigDict
 
@@ -13,3 +15,5 @@ class RouterSettings(ServiceSettings):
     http_port: int = 8082
     # Where Faust keeps its table stores; "memory://" rebuilds tables from changelogs.
     store: str = "memory://"
+    # The versioned classification rules (see rules/classification.toml).
+    rules_path: Path = Path(__file__).resolve().parent / "rules" / "classification.toml"
