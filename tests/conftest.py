@@ -25,12 +25,17 @@ from pymongo import AsyncMongoClient
 REPO = Path(__file__).resolve().parent.parent
 INFRA = REPO / "deploy" / "local" / "infra.py"
 TEST_RUN_DIR = REPO / ".run" / "test"
+# DESKSTREAM_TEST_PORT_OFFSET moves every test port, so two checkouts can test side by side.
+_OFFSET = int(os.environ.get("DESKSTREAM_TEST_PORT_OFFSET", "0"))
 TEST_PORTS = {
-    "KAFKA": 29092,
-    "KAFKA_CONTROLLER": 29093,
-    "MONGO": 27217,
-    "IMAP": 10243,
-    "SMTP": 10225,
+    name: port + _OFFSET
+    for name, port in {
+        "KAFKA": 29092,
+        "KAFKA_CONTROLLER": 29093,
+        "MONGO": 27217,
+        "IMAP": 10243,
+        "SMTP": 10225,
+    }.items()
 }
 IMAP_USERS = {"desk": "desk-local-imap-password", "alice": "alice-local-imap-password"}
 

@@ -6,6 +6,8 @@ import signal
 import uuid
 from pathlib import Path
 
+from deskstream.topics import ensure_topics
+
 from tests.conftest import TEST_RUN_DIR, Infra, free_port, infra_cmd, infra_env
 from tests.services import ALL, start_service, stop_all, wait_status
 
@@ -20,6 +22,7 @@ def test_readyz_follows_the_broker_down_and_up(infra: Infra, tmp_path: Path) -> 
     ports = {"KAFKA": free_port(), "KAFKA_CONTROLLER": free_port()}
     env_infra = infra_env(TEST_RUN_DIR / f"health-{uuid.uuid4().hex[:6]}", ports)
     infra_cmd("up", "kafka", env=env_infra)
+    ensure_topics(f"127.0.0.1:{ports['KAFKA']}")
     procs = []
     try:
         env = infra.service_env(
