@@ -29,6 +29,10 @@ def create_app(settings: RouterSettings) -> faust.App:
         producer_acks=-1,
         producer_linger_ms=settings.kafka_linger_ms,
         consumer_auto_offset_reset="earliest",
+        # On shutdown or rebalance do not wait for events still in a take_events() buffer:
+        # they are not committed, so they come back, and processing them is idempotent.
+        # (Waiting hangs the worker: Faust acks a batch only when the next one is asked for.)
+        stream_wait_empty=False,
         autodiscover=False,
     )
     topology = Topology(app, settings, Rules.load(settings.rules_path))
