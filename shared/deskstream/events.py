@@ -313,6 +313,9 @@ class DeadLetter(Contract):
         default=[], description="header name and base64 of its value"
     )
     event_id: Id | None = None
+    raw_ref: Annotated[str, Field(max_length=1000)] | None = Field(
+        default=None, description="where the original can be fetched (e.g. an IMAP URL)"
+    )
     failed_at: datetime = Field(default_factory=utcnow)
 
     @staticmethod

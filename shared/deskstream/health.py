@@ -139,7 +139,7 @@ def fastapi_router(readiness: Readiness) -> APIRouter:
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @router.get("/readyz")
+    @router.get("/readyz", response_model=None)
     async def readyz() -> JSONResponse:
         ready, detail = await readiness.report()
         return JSONResponse(
@@ -147,7 +147,7 @@ def fastapi_router(readiness: Readiness) -> APIRouter:
             status_code=200 if ready else 503,
         )
 
-    @router.get("/metrics")
+    @router.get("/metrics", response_model=None)
     async def metrics() -> Response:
         body, ctype = metrics_body()
         return Response(content=body, media_type=ctype)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
 from deskstream.health import Readiness, ops_server
@@ -53,11 +53,22 @@ async def run_worker(settings: ServiceSettings, readiness: Readiness, body: Body
 
 
 def run_fastapi(app: object, settings: ServiceSettings) -> None:
-    """Serve a FastAPI app with uvicorn, JSON logs, and a graceful stop on SIGTERM."""
+    """Serve a FastAPI app with uvicorn, JSON logs, and a graceful stop on SIGTERM (exit 0)."""
     import uvicorn
 
+    class Server(uvicorn.Server):
+        # After its graceful shutdown uvicorn raises the stop signal again, so a clean stop
+        # would end as "killed by SIGTERM" (-15), which orchestrators read as a crash.
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            with super().capture_signals():
+                try:
+                    yield
+                finally:
+                    self._captured_signals.clear()
+
     configure_logging(settings.service_name, settings.log_level)
-    uvicorn.run(
+    config = uvicorn.Config(
         app,  # type: ignore[arg-type]
         host=settings.http_host,
         port=settings.http_port,
@@ -65,3 +76,4 @@ def run_fastapi(app: object, settings: ServiceSettings) -> None:
         access_log=False,
         timeout_graceful_shutdown=10,
     )
+    Server(config).run()

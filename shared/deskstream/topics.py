@@ -9,8 +9,9 @@ installations or test runs share one cluster without seeing each other's records
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel
 
@@ -143,6 +144,7 @@ def ensure_topics(bootstrap_servers: str, prefix: str = "", timeout_s: float = 3
                 created.append(new.name)
             except TopicAlreadyExistsError:
                 pass  # created concurrently by another bootstrap: fine
+        _wait_until_led(admin, created, timeout_s)
         present = admin.describe_topics([n for n in wanted if n in existing])
         for desc in present:
             spec = wanted[desc["name"]]
@@ -154,6 +156,30 @@ def ensure_topics(bootstrap_servers: str, prefix: str = "", timeout_s: float = 3
         return created
     finally:
         admin.close()
+
+
+def _wait_until_led(admin: Any, names: list[str], timeout_s: float) -> None:
+    """Return once every partition of `names` has a leader in the broker's metadata.
+
+    create_topics returns when the controller has the topics; a client that subscribes a
+    moment later can still miss them in the broker's metadata and then waits for its next
+    metadata refresh (minutes) before consuming.
+    """
+    deadline = time.monotonic() + timeout_s
+    pending = list(names)
+    while pending:
+        described = admin.describe_topics(pending)
+        pending = [
+            d["name"]
+            for d in described
+            if d["error_code"] != 0
+            or not d["partitions"]
+            or any(p["leader_id"] < 0 for p in d["partitions"])
+        ]
+        if pending and time.monotonic() > deadline:
+            raise TimeoutError(f"topics without a leader after {timeout_s}s: {pending}")
+        if pending:
+            time.sleep(0.1)
 
 
 def main() -> None:

@@ -1,38 +1,116 @@
-"""ingest-email: turns mail in IMAP mailboxes into `InboundMessage`s on `inbound.email`."""
+"""ingest-email: turns mail in IMAP mailboxes into `InboundMessage`s on `inbound.email`.
+
+The IMAP client is blocking, so each configured mailbox gets a worker thread; they share
+one synchronous (kafka-python) producer and one PyMongo client for checkpoints and leases.
+The asyncio side only serves the ops routes and waits for SIGTERM.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import threading
+from functools import partial
+from typing import Any
 
 from deskstream.health import KafkaProbe, Readiness
 from deskstream.producer import sync_producer
 from deskstream.service import run_worker
-from imapclient import IMAPClient
+from pymongo import MongoClient
 
-from deskstream_ingest_email.settings import IngestEmailSettings
+from deskstream_ingest_email.classify import ClassifyContext
+from deskstream_ingest_email.normalise import NormaliseConfig
+from deskstream_ingest_email.publish import BatchPublisher, ProducerHolder
+from deskstream_ingest_email.settings import IngestEmailSettings, Mailbox
+from deskstream_ingest_email.store import MailboxStore
+from deskstream_ingest_email.worker import MailboxWorker, connect
+
+log = logging.getLogger("deskstream_ingest_email")
 
 
-def imap_login(settings: IngestEmailSettings) -> None:
-    with IMAPClient(
-        settings.imap_host, port=settings.imap_port, ssl=settings.imap_ssl, timeout=5
-    ) as client:
-        client.login(settings.imap_user, settings.imap_password.get_secret_value())
-        client.logout()
+def imap_login(mailbox: Mailbox) -> None:
+    connect(mailbox, 5).logout()
+
+
+def mongo_client(settings: IngestEmailSettings) -> MongoClient[dict[str, Any]]:
+    return MongoClient(
+        settings.mongodb_uri.get_secret_value(),
+        tz_aware=True,
+        serverSelectionTimeoutMS=5000,
+        appname=settings.service_name,
+    )
+
+
+def build_workers(
+    settings: IngestEmailSettings,
+    mongo: MongoClient[dict[str, Any]],
+    producers: ProducerHolder,
+    stop: threading.Event,
+) -> list[MailboxWorker]:
+    store = MailboxStore(
+        mongo[settings.mongodb_database][settings.state_collection],
+        owner=settings.instance_id,
+        ttl_s=settings.lease_ttl_s,
+    )
+    publisher = BatchPublisher(
+        producers,
+        settings.topics,
+        source=f"/deskstream/{settings.service_name}",
+        flush_timeout_s=settings.kafka_flush_timeout_s,
+    )
+    config = NormaliseConfig(
+        attachment_limit=settings.attachment_limit_bytes,
+        classify=ClassifyContext(
+            own_addresses=settings.own_addresses(),
+            allowed_list_ids=frozenset(i.lower() for i in settings.allowed_list_ids),
+        ),
+    )
+    return [
+        MailboxWorker(
+            mailbox=mailbox,
+            settings=settings,
+            store=store,
+            publisher=publisher,
+            config=config,
+            stop=stop,
+        )
+        for mailbox in settings.resolved_mailboxes()
+    ]
 
 
 async def serve(settings: IngestEmailSettings) -> None:
+    mongo = mongo_client(settings)
+    producers = ProducerHolder(lambda: sync_producer(settings))
+    stop_workers = threading.Event()
+    workers = build_workers(settings, mongo, producers, stop_workers)
+    threads = [
+        threading.Thread(target=w.run, name=f"mailbox-{w.key}", daemon=True) for w in workers
+    ]
+
+    async def workers_alive() -> None:
+        dead = [t.name for t in threads if t.ident is not None and not t.is_alive()]
+        if dead:
+            raise RuntimeError(f"worker thread(s) stopped: {', '.join(dead)}")
+
     readiness = Readiness()
     readiness.add("kafka", KafkaProbe(settings.kafka_bootstrap_servers, settings.service_name))
-    readiness.add("imap", lambda: asyncio.to_thread(imap_login, settings))
+    for mailbox in settings.resolved_mailboxes():
+        readiness.add(f"imap:{mailbox.key}", partial(asyncio.to_thread, imap_login, mailbox))
+    readiness.add("mongodb", lambda: asyncio.to_thread(mongo.admin.command, "ping"))
+    readiness.add("workers", workers_alive)
 
     async def body(stop: asyncio.Event) -> None:
-        # The IMAP client is blocking, so the mailbox workers run in threads and publish
-        # with kafka-python's synchronous producer.
-        producer = await asyncio.to_thread(sync_producer, settings)
+        for thread in threads:
+            thread.start()
         try:
             await stop.wait()
         finally:
-            await asyncio.to_thread(producer.close, 10)
+            # Workers finish their batch, acknowledge it and release their leases.
+            stop_workers.set()
+            for thread in threads:
+                await asyncio.to_thread(thread.join, 20)
+            await asyncio.to_thread(producers.close, 5)
+            await asyncio.to_thread(mongo.close)
 
     await run_worker(settings, readiness, body)
 

@@ -22,6 +22,7 @@ and the ticket-api ignores the repeats.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import weakref
 from collections import Counter
@@ -141,15 +142,21 @@ class Topology:
 
     async def _send(
         self, topic: Any, key: str, value: BaseModel, event_id: str, event_type: str
-    ) -> None:
-        await topic.send(
+    ) -> Any:
+        """Hand the record to the producer now; returns the future of its ack.
+
+        force=True: Faust would otherwise attach the record to the current event and send
+        it only when that event is acked, so awaiting its ack within the batch would hang.
+        """
+        return await topic.send(
             key=key.encode(),
             value=value.model_dump_json().encode(),
             headers=ce_headers(event_id=event_id, event_type=event_type, source=SOURCE),
+            force=True,
         )
 
-    async def _command(self, command: Any) -> None:
-        await self._send(
+    async def _command(self, command: Any) -> Any:
+        return await self._send(
             self.commands,
             command.ticket_id,
             command,
@@ -170,7 +177,10 @@ class Topology:
             },
         )
         await self.deadletter.send(
-            key=record.key, value=letter.model_dump_json().encode(), headers=list(record.headers)
+            key=record.key,
+            value=letter.model_dump_json().encode(),
+            headers=list(record.headers),
+            force=True,
         )
 
     async def _each(self, stream: Any, handle: Any) -> None:
@@ -185,15 +195,31 @@ class Topology:
         await self._each(stream, self._thread_batch)
 
     async def _thread_batch(self, events: list[EventT]) -> None:
+        creates: list[Any] = []
+        placements: list[PlaceTicket] = []
         for event in events:
             _set_current(event)
             try:
                 message = InboundMessage.model_validate_json(event.value)
-                await self._thread_one(message)
+                await self._thread_one(message, creates, placements)
             except Exception as exc:  # one bad record must not stop the partition
                 await self._dead_letter(event, exc)
+        # A ticket's create must be on tickets.commands before stage 2 can assign it (the
+        # two are produced by different workers): wait for the batch's creates, once.
+        if creates:
+            await asyncio.gather(*creates)
+        for place in placements:
+            await self._send(
+                self.requests,
+                place.team,
+                place,
+                f"place:{place.ticket_id}",
+                "io.deskstream.routing.place.v1",
+            )
 
-    async def _thread_one(self, message: InboundMessage) -> None:
+    async def _thread_one(
+        self, message: InboundMessage, creates: list[Any], placements: list[PlaceTicket]
+    ) -> None:
         key = message.conversation_key
         entry = self.conversations.get(key)
         if message.ticket_hint:
@@ -235,23 +261,19 @@ class Topology:
             self.conversations[key] = entry
         # The first event (again, on a replay): the same create and placement, same ids.
         place = PlaceTicket.model_validate(entry["place"])
-        await self._command(
-            CreateTicket(
-                command_id=f"create:{message.event_id}",
-                ticket_id=place.ticket_id,
-                message=message,
-                service_id=place.service_id,
-                team=place.team,
-                classification_rule=place.classification_rule,
+        creates.append(
+            await self._command(
+                CreateTicket(
+                    command_id=f"create:{message.event_id}",
+                    ticket_id=place.ticket_id,
+                    message=message,
+                    service_id=place.service_id,
+                    team=place.team,
+                    classification_rule=place.classification_rule,
+                )
             )
         )
-        await self._send(
-            self.requests,
-            place.team,
-            place,
-            f"place:{place.ticket_id}",
-            "io.deskstream.routing.place.v1",
-        )
+        placements.append(place)
 
     # --- load from tickets.events ---------------------------------------------------------
 

@@ -1,43 +1,75 @@
-"""The ticket API's FastAPI application: lifespan wiring of MongoDB and Kafka, and routes."""
+"""The ticket API's FastAPI application: the runtime's lifespan, limits, errors and routes."""
 
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import AsyncIterator
+from typing import Annotated, Any
 
-from deskstream.health import KafkaProbe, Readiness, fastapi_router, mongo_probe
-from deskstream.lifecycle import BackgroundStart
-from deskstream.producer import Publisher
-from fastapi import FastAPI
-from pymongo import AsyncMongoClient
+from deskstream.health import fastapi_router
+from deskstream.settings import safe_dump
+from fastapi import Depends, FastAPI
+from fastapi.responses import JSONResponse
 
+from deskstream_ticket_api import routes
+from deskstream_ticket_api.auth import ANY, Principal
+from deskstream_ticket_api.errors import install_handlers
+from deskstream_ticket_api.limits import BodySizeLimit
+from deskstream_ticket_api.runtime import Runtime
 from deskstream_ticket_api.settings import TicketApiSettings
+
+log = logging.getLogger(__name__)
 
 
 def create_app(settings: TicketApiSettings) -> FastAPI:
-    readiness = Readiness()
-    mongo: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(
-        settings.mongodb_uri.get_secret_value(), serverSelectionTimeoutMS=2000, tz_aware=True
-    )
-    publisher = Publisher(settings)
-    producer = BackgroundStart("kafka producer", publisher.start, publisher.stop)
-
-    readiness.add("mongodb", mongo_probe(mongo))
-    readiness.add("kafka", KafkaProbe(settings.kafka_bootstrap_servers, settings.service_name))
-    readiness.add("producer", producer.check)
+    runtime = Runtime(settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        producer.begin()
+        log.info(
+            "ticket-api starting",
+            extra={
+                "settings": safe_dump(settings),
+                "parts": {
+                    "api": settings.api_enabled,
+                    "consumer": settings.consumer_enabled,
+                    "relay": settings.relay_enabled,
+                },
+            },
+        )
+        await runtime.start()
         try:
             yield
         finally:
-            await producer.close()
-            await mongo.close()
+            await runtime.stop()
+            log.info("ticket-api stopped")
 
-    app = FastAPI(title="deskstream ticket API", version="0.1.0", lifespan=lifespan)
-    app.include_router(fastapi_router(readiness))
+    # Only /healthz, /readyz and /metrics answer without a key, so the OpenAPI document
+    # is served under /v1 with authentication rather than at FastAPI's public default.
+    app = FastAPI(
+        title="deskstream ticket API",
+        version="0.1.0",
+        lifespan=lifespan,
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.runtime = runtime
     app.state.settings = settings
-    app.state.mongo = mongo
-    app.state.publisher = publisher
+    app.state.mongo = runtime.client
+    app.state.publisher = runtime.publisher
+    install_handlers(app)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    # Out of the schema: shared/health.py's route annotations name locally imported
+    # response classes, which FastAPI cannot resolve when it builds the document.
+    app.include_router(fastapi_router(runtime.readiness), include_in_schema=False)
+    if settings.api_enabled:
+        app.include_router(routes.v1())
+
+        @app.get("/v1/openapi.json", include_in_schema=False, response_model=None)
+        async def openapi(_: Annotated[Principal, Depends(ANY)]) -> JSONResponse:
+            schema: dict[str, Any] = app.openapi()
+            return JSONResponse(schema)
+
     return app

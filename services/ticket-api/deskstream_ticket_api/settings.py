@@ -1,9 +1,9 @@
-"""Settings of ticket-api (env prefix `TICKET_API_`; MONGODB_URI for the store)."""
+"""Settings of ticket-api (prefix `TICKET_API_`; MONGODB_URI and MONGODB_DATABASE: the store)."""
 
 from __future__ import annotations
 
 from deskstream.settings import MongoSettingsMixin, ServiceSettings
-from pydantic import SecretStr
+from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 
@@ -14,3 +14,32 @@ class TicketApiSettings(ServiceSettings, MongoSettingsMixin):
     http_port: int = 8080
     # The first admin's API key; further keys are issued through the API.
     admin_api_key: SecretStr
+
+    # The three parts of the service run in one process by default; a deployment can split
+    # them (e.g. API replicas behind a load balancer, one consumer + relay elsewhere).
+    api_enabled: bool = True
+    consumer_enabled: bool = True
+    relay_enabled: bool = True
+
+    # tickets.commands: batch size and how long to wait to fill a batch.
+    command_batch: int = Field(default=500, ge=1, le=10_000)
+    command_wait_ms: int = Field(default=200, ge=1, le=10_000)
+    # Commands applied per MongoDB transaction (a Kafka batch is split into such chunks, so
+    # a transaction stays small even when the records carry large message bodies).
+    command_chunk: int = Field(default=100, ge=1, le=1000)
+
+    # Outbox relay: documents per Kafka transaction, the idle poll (writers in this process
+    # also wake the relay at once), the lease that keeps one relay active per installation,
+    # and how far before the oldest pending document the start-up read-back begins.
+    relay_batch: int = Field(default=500, ge=1, le=10_000)
+    relay_poll_ms: int = Field(default=500, ge=10, le=60_000)
+    relay_lease_s: float = Field(default=10.0, ge=1.0, le=300.0)
+    relay_readback_margin_ms: int = Field(default=60_000, ge=0)
+
+    # Agent replies as OutboundReply on outbound.<channel>: off until the channel services
+    # deliver them (the replies are stored and announced with MessageAdded either way).
+    publish_replies: bool = False
+
+    # REST limits.
+    page_limit_max: int = Field(default=200, ge=1, le=1000)
+    max_body_bytes: int = Field(default=1_048_576, ge=1024)
