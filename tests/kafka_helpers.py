@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from collections.abc import Callable
@@ -68,3 +69,16 @@ class Collector:
                 return result
             await asyncio.sleep(0.2)
         raise AssertionError(f"condition not met within {timeout}s; {len(self.records)} records")
+
+
+async def roster_reached(
+    bootstrap: str, prefix: str, agent_id: str, check: Callable[[dict[str, Any]], bool]
+) -> None:
+    """Wait until the router's ledger sent a snapshot of `agent_id` that passes `check`."""
+    async with Collector(bootstrap, f"{prefix}routing.requests") as internal:
+        await internal.wait_for(
+            lambda records: any(
+                snap["type"] == "agent" and snap["state"]["agent_id"] == agent_id and check(snap)
+                for snap in (json.loads(r.value) for r in records)
+            )
+        )

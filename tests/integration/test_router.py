@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,7 @@ from deskstream.events import (
 from deskstream.ids import event_id, ticket_id_for
 
 from tests.conftest import Infra, free_port
-from tests.kafka_helpers import Collector, publish
+from tests.kafka_helpers import Collector, publish, roster_reached
 from tests.services import start_service, stop_all, wait_status
 
 
@@ -57,19 +57,6 @@ def agent(agent_id: str, presence: Presence, vpn: int, email_cap: int = 10) -> A
         presence=presence,
         capacity=ChannelCapacity(email=email_cap, total=20),
     )
-
-
-async def roster_reached(
-    infra: Infra, prefix: str, agent_id: str, check: Callable[[dict[str, Any]], bool]
-) -> None:
-    """Wait until the router's ledger sent a snapshot of `agent_id` that passes `check`."""
-    async with Collector(infra.kafka, f"{prefix}routing.requests") as internal:
-        await internal.wait_for(
-            lambda records: any(
-                snap["type"] == "agent" and snap["state"]["agent_id"] == agent_id and check(snap)
-                for snap in (json.loads(r.value) for r in records)
-            )
-        )
 
 
 def commands(records: list[Any], kind: str, ticket_id: str) -> list[dict[str, Any]]:
@@ -134,7 +121,9 @@ async def test_routing_filters_and_explains(
 
     # The roster and a3's load reach the team's partition through the ledger; wait for that
     # (in production the ticket-api's events come long before the next request).
-    await roster_reached(infra, p, "a3-full", lambda snap: "DS-AAAAAAAA" in snap["open_tickets"])
+    await roster_reached(
+        infra.kafka, p, "a3-full", lambda snap: "DS-AAAAAAAA" in snap["open_tickets"]
+    )
     async with Collector(infra.kafka, f"{p}tickets.commands") as out:
         first = email("m1", "VPN drops every 10 minutes", "AnyConnect disconnects")
         await publish(infra.kafka, f"{p}inbound.email", [(first.conversation_key, first)])
@@ -190,7 +179,7 @@ async def test_queued_ticket_is_assigned_when_an_agent_comes_online(
         ],
     )
     await publish(infra.kafka, f"{p}agents.state", [("b1", agent("b1", Presence.OFFLINE, vpn=1))])
-    await roster_reached(infra, p, "b1", lambda snap: True)
+    await roster_reached(infra.kafka, p, "b1", lambda snap: True)
     async with Collector(infra.kafka, f"{p}tickets.commands") as out:
         msg = email("q1", "Printer jams", "third floor printer jams on every page")
         await publish(infra.kafka, f"{p}inbound.email", [(msg.conversation_key, msg)])
