@@ -33,6 +33,9 @@ def create_app(settings: RouterSettings) -> faust.App:
         # they are not committed, so they come back, and processing them is idempotent.
         # (Waiting hangs the worker: Faust acks a batch only when the next one is asked for.)
         stream_wait_empty=False,
+        # A worker that died is noticed after this long and its partitions move on.
+        broker_session_timeout=10.0,
+        broker_heartbeat_interval=3.0,
         autodiscover=False,
     )
     topology = Topology(app, settings, Rules.load(settings.rules_path))

@@ -191,10 +191,12 @@ class Topology:
     # --- stage 1: threading and classification ---------------------------------------
 
     async def thread_and_classify(self, stream: Any) -> None:
-        await self.catalogue.loaded.wait()
         await self._each(stream, self._thread_batch)
 
     async def _thread_batch(self, events: list[EventT]) -> None:
+        # Classify only on the whole catalogue. Waiting here, inside the iteration, and not
+        # before it: an agent that has not started iterating holds up Faust's start-up.
+        await self.catalogue.loaded.wait()
         creates: list[Any] = []
         placements: list[PlaceTicket] = []
         for event in events:
