@@ -11,14 +11,14 @@ from typing import Any
 
 import httpx
 
-TEAMS = [
+TEAMS: list[dict[str, Any]] = [
     {"team_id": "service-desk", "name": "Service Desk"},
     {"team_id": "network", "name": "Network & Remote Access"},
     {"team_id": "field", "name": "Field Services"},
     {"team_id": "finance-apps", "name": "Finance Applications"},
 ]
 
-SERVICES = [
+SERVICES: list[dict[str, Any]] = [
     {
         "service_id": "general",
         "name": "General IT question",
@@ -65,7 +65,7 @@ SERVICES = [
     },
 ]
 
-AGENTS = [
+AGENTS: list[dict[str, Any]] = [
     {
         "agent_id": "ana",
         "name": "Ana Costa",

@@ -2,8 +2,11 @@
 
 Starts what is not running yet (Kafka, SecantusDB, Dovecot, SMTP), creates the topics,
 starts every service as a child process with its log under `<run dir>/logs/`, waits until
-each one answers `/readyz`, and prints where they listen. On Ctrl-C (SIGINT) or SIGTERM it
-stops the services and then the infrastructure it started itself, and exits.
+each one answers `/readyz`, and prints where they listen. Then it shows the desk at work:
+a live view of every ticket event (`live.py`) and a demo (`demo.py`: the demo organisation,
+a few mails into the desk's IMAP mailbox, a few portal requests); `DESKSTREAM_DEMO=0` skips
+the demo, not the view. On Ctrl-C (SIGINT) or SIGTERM it stops the view, the services and
+then the infrastructure it started itself, and exits.
 """
 
 from __future__ import annotations
@@ -21,12 +24,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import demo
 import infra
-from deskstream.topics import ensure_topics
+import live
+from deskstream.topics import BY_NAME, Topics, ensure_topics
 
 VENV_BIN = Path(sys.executable).parent
 PORT_BASE = int(os.environ.get("DESKSTREAM_SERVICE_PORT_BASE", "8080"))
 READY_TIMEOUT_S = 120
+LIVE_READY_TIMEOUT_S = 30
+ADMIN_KEY_NAME = "TICKET_API_ADMIN_API_KEY"
 
 
 @dataclass(frozen=True)
@@ -49,17 +56,23 @@ SERVICES = [
 ]
 
 
-class Stop(Exception):
-    pass
+class Stop(BaseException):
+    """Ctrl-C or SIGTERM. A BaseException, like KeyboardInterrupt, so that no `except
+    Exception` on the way (the demo's failure reporting, readiness polls) swallows it."""
 
 
 def _raise_stop(signum: int, _frame: object) -> None:
     raise Stop(signal.Signals(signum).name)
 
 
+def secrets_file() -> Path:
+    path: Path = infra.RUN_DIR / "secrets.env"
+    return path
+
+
 def local_secrets() -> dict[str, str]:
     """Secrets of this local installation: made once, kept in the run dir (mode 600)."""
-    path = infra.RUN_DIR / "secrets.env"
+    path = secrets_file()
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.touch(mode=0o600)
@@ -71,7 +84,8 @@ def service_env(service: Service) -> dict[str, str]:
     return {
         **os.environ,
         **infra.env_lines(),
-        **local_secrets(),
+        # The demo's own secrets (its portal user's key) are nothing a service needs.
+        **{k: v for k, v in local_secrets().items() if not k.startswith("DEMO_")},
         "IMAP_USER": "desk",
         "IMAP_PASSWORD": infra.IMAP_USERS["desk"],
         f"{service.env_prefix}_HTTP_PORT": str(service.port),
@@ -86,19 +100,20 @@ def ready(service: Service) -> bool:
         return False
 
 
+def start_service(service: Service, logs: Path) -> subprocess.Popen[bytes]:
+    with open(logs / f"{service.name}.log", "ab") as log:
+        return subprocess.Popen(
+            [str(VENV_BIN / f"deskstream-{service.name}")],
+            env=service_env(service),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+
+
 def start_services(logs: Path) -> dict[str, subprocess.Popen[bytes]]:
     logs.mkdir(parents=True, exist_ok=True)
-    procs = {}
-    for service in SERVICES:
-        with open(logs / f"{service.name}.log", "ab") as log:
-            procs[service.name] = subprocess.Popen(
-                [str(VENV_BIN / f"deskstream-{service.name}")],
-                env=service_env(service),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-            )
-    return procs
+    return {service.name: start_service(service, logs) for service in SERVICES}
 
 
 def wait_ready(procs: dict[str, subprocess.Popen[bytes]], logs: Path) -> None:
@@ -129,11 +144,68 @@ def stop_services(procs: dict[str, subprocess.Popen[bytes]]) -> None:
             proc.wait()
 
 
+def print_api_help() -> None:
+    api = SERVICES[0].url
+    print(
+        f"deskstream: ticket API {api}/v1 (OpenAPI: {api}/v1/openapi.json); the admin key is "
+        f"{ADMIN_KEY_NAME} in {secrets_file()} (mode 600), e.g.\n"
+        f"  curl -H \"Authorization: Bearer $(sed -n 's/^{ADMIN_KEY_NAME}=//p' "
+        f'{secrets_file()})" {api}/v1/tickets',
+        flush=True,
+    )
+
+
+def topics() -> Topics:
+    return Topics(os.environ.get("DESKSTREAM_TOPIC_PREFIX", ""))
+
+
+def new_live_view() -> live.LiveView:
+    return live.LiveView(
+        live.LiveConfig(
+            kafka=infra.env_lines()["KAFKA_BOOTSTRAP_SERVERS"],
+            topic=topics().name("tickets.events"),
+            partitions=BY_NAME["tickets.events"].partitions,
+            api_url=SERVICES[0].url,
+            api_key=local_secrets()[ADMIN_KEY_NAME],
+        )
+    )
+
+
+def start_live_view(view: live.LiveView) -> None:
+    """Follow tickets.events from its end as it is now; returns once that end is fixed, so
+    nothing the demo causes can be missed."""
+    view.start()
+    if view.wait_ready(LIVE_READY_TIMEOUT_S):
+        live.say("deskstream: live view of tickets.events (created, assigned, queued) follows")
+    else:
+        live.say("deskstream: the live view is not following tickets.events yet; see notes above")
+
+
+def play_demo() -> None:
+    if os.environ.get("DESKSTREAM_DEMO", "1").lower() in {"0", "false", "no", "off"}:
+        live.say("deskstream: DESKSTREAM_DEMO is off: no demo data")
+        return
+    env = infra.env_lines()
+    config = demo.DemoConfig(
+        api_url=SERVICES[0].url,
+        admin_key=local_secrets()[ADMIN_KEY_NAME],
+        secrets_file=secrets_file(),
+        kafka=env["KAFKA_BOOTSTRAP_SERVERS"],
+        topics=topics(),
+        imap_host=env["IMAP_HOST"],
+        imap_port=int(env["IMAP_PORT"]),
+        imap_user="desk",
+        imap_password=infra.IMAP_USERS["desk"],
+    )
+    demo.seed(config, live.say)
+
+
 def main() -> int:
     signal.signal(signal.SIGINT, _raise_stop)
     signal.signal(signal.SIGTERM, _raise_stop)
     already_up = {name for name, c in infra.COMPONENTS.items() if infra._alive(c.dir) and c.ready()}
     procs: dict[str, subprocess.Popen[bytes]] = {}
+    view: live.LiveView | None = None
     logs = infra.RUN_DIR / "logs"
     try:
         print("deskstream: starting the local infrastructure", flush=True)
@@ -152,6 +224,10 @@ def main() -> int:
             "Ctrl-C stops everything.",
             flush=True,
         )
+        print_api_help()
+        view = new_live_view()
+        start_live_view(view)
+        play_demo()
         while True:
             for name, proc in procs.items():
                 if proc.poll() is not None:
@@ -164,6 +240,8 @@ def main() -> int:
         # Stopping must not be interrupted by a second Ctrl-C.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if view is not None:  # first: it reads from the services about to stop
+            view.stop()
         stop_services(procs)
         for name in reversed(list(infra.COMPONENTS)):
             if name not in already_up:

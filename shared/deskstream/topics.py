@@ -158,6 +158,42 @@ def ensure_topics(bootstrap_servers: str, prefix: str = "", timeout_s: float = 3
         admin.close()
 
 
+def ensure_named_topics(
+    bootstrap_servers: str, topics: dict[str, tuple[int, dict[str, str]]], timeout_s: float = 30
+) -> list[str]:
+    """Create topics outside the registry (a Faust app's changelogs) and wait for leaders.
+
+    Faust would create them itself while joining its group, racing the broker's metadata:
+    a worker that sees a changelog with 0 partitions fails every table write for minutes.
+    """
+    from kafka.admin import KafkaAdminClient, NewTopic
+    from kafka.errors import TopicAlreadyExistsError
+
+    admin = KafkaAdminClient(
+        bootstrap_servers=bootstrap_servers,
+        client_id="deskstream-bootstrap",
+        request_timeout_ms=int(timeout_s * 1000),
+    )
+    try:
+        existing = set(admin.list_topics())
+        created: list[str] = []
+        for name, (partitions, config) in topics.items():
+            if name in existing:
+                continue
+            try:
+                admin.create_topics(
+                    [NewTopic(name, partitions, 1, topic_configs=config)],
+                    timeout_ms=int(timeout_s * 1000),
+                )
+                created.append(name)
+            except TopicAlreadyExistsError:
+                pass
+        _wait_until_led(admin, list(topics), timeout_s)
+        return created
+    finally:
+        admin.close()
+
+
 def _wait_until_led(admin: Any, names: list[str], timeout_s: float) -> None:
     """Return once every partition of `names` has a leader in the broker's metadata.
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import faust
 from deskstream.health import KafkaProbe, Readiness, metrics_body
+from deskstream.topics import ensure_named_topics
 from faust.web import Request, Response, View
 
 from deskstream_router.classify import Rules
@@ -18,7 +19,7 @@ from deskstream_router.topology import Topology
 
 def create_app(settings: RouterSettings) -> faust.App:
     app = faust.App(
-        f"{settings.topic_prefix}router",
+        f"{settings.topics.prefix}router",
         broker=f"kafka://{settings.kafka_bootstrap_servers}",
         store=settings.store,
         web_host=settings.http_host,
@@ -62,3 +63,16 @@ def create_app(settings: RouterSettings) -> faust.App:
             return self.bytes(body, content_type=ctype.split(";")[0])
 
     return app
+
+
+def ensure_internal_topics(app: faust.App, settings: RouterSettings) -> None:
+    """Create the tables' changelog topics (compacted) before the worker joins its group."""
+    topics = {
+        table.changelog_topic.get_topic_name(): (
+            table.partitions or 6,
+            {"cleanup.policy": "compact"},
+        )
+        for table in app.tables.values()
+    }
+    topics[f"{app.conf.id}-__assignor-__leader"] = (1, {"cleanup.policy": "compact"})
+    ensure_named_topics(settings.kafka_bootstrap_servers, topics)

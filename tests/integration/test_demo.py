@@ -1,0 +1,172 @@
+"""`make run` plays its demo: mail and portal requests become tickets, live, assigned with a why.
+
+Runs `make run` as `test_make_run` does (own ports, own run dir under `.run/test/`), reads
+its terminal until the live view has shown every demo ticket created and assigned, checks
+the out-of-office mail made no ticket, then stops it with SIGINT and checks nothing is left.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import IO
+
+from tests.conftest import INFRA, REPO, TEST_RUN_DIR, free_port
+from tests.integration.test_make_run import listening, processes_in_group
+
+DEADLINE_S = 180  # start-up (about 30 s here) plus the demo; only a guard
+GRACE_S = 8  # after the last expected line: time enough for a wrong ticket to show up
+LIVE_LINE = re.compile(
+    r"^\d\d:\d\d:\d\d  (?P<ticket>DS-[A-Z2-7]{8})  (?P<channel>\S+)\s+(?P<service>\S+)\s+"
+    r"(?P<what>new: .*|-> \S+ \(.*\)|queued .*)$"
+)
+PORTAL_LINE = re.compile(r"^demo: portal .* -> (?P<ticket>DS-[A-Z2-7]{8}) \((?P<service>\S+)\)$")
+EMAIL_SERVICES = {"vpn", "password-reset", "printing", "hardware-request"}
+
+
+@dataclass
+class Seen:
+    """What the terminal has shown so far."""
+
+    created: dict[str, tuple[str, str, str]] = field(default_factory=dict)  # id -> ch, svc, text
+    assigned: dict[str, str] = field(default_factory=dict)  # ticket -> the whole line
+    portal: dict[str, str] = field(default_factory=dict)  # ticket -> service
+    mails_delivered: bool = False
+
+    def take(self, line: str) -> None:
+        line = line.rstrip("\n")
+        if line.startswith("demo: ") and "mails delivered" in line:
+            self.mails_delivered = True
+        if m := PORTAL_LINE.match(line):
+            self.portal[m["ticket"]] = m["service"]
+        if m := LIVE_LINE.match(line):
+            if m["what"].startswith("new: "):
+                self.created[m["ticket"]] = (m["channel"], m["service"], m["what"])
+            elif m["what"].startswith("-> "):
+                self.assigned[m["ticket"]] = line
+
+    def email_tickets(self) -> set[str]:
+        return {t for t, (channel, _, _) in self.created.items() if channel == "email"}
+
+    def complete(self) -> bool:
+        expected = self.email_tickets() | set(self.portal)
+        return (
+            self.mails_delivered
+            and len(self.portal) == 3
+            and len(self.email_tickets()) >= 4
+            and expected <= set(self.created)
+            and expected <= set(self.assigned)
+        )
+
+
+def _pump(stream: IO[str], lines: queue.Queue[str | None]) -> None:
+    # A thread, so the test's deadline holds even when `make run` prints nothing.
+    for line in stream:
+        lines.put(line)
+    lines.put(None)
+
+
+def _read_until(
+    lines: queue.Queue[str | None],
+    output: list[str],
+    seen: Seen,
+    until: float,
+    stop_when_done: bool,
+) -> None:
+    while time.monotonic() < until:
+        try:
+            line = lines.get(timeout=0.5)
+        except queue.Empty:
+            continue
+        if line is None:
+            return
+        output.append(line)
+        seen.take(line)
+        if stop_when_done and seen.complete():
+            return
+
+
+def _stop(proc: subprocess.Popen[str], env: dict[str, str]) -> None:
+    """After a failure too: Ctrl-C first, as the infrastructure runs in sessions of its own
+    that a SIGKILL of the group would leave behind; then `infra.py down` as a last resort."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    subprocess.run([sys.executable, str(INFRA), "down"], env=env, capture_output=True, check=False)
+
+
+def test_make_run_shows_demo_tickets_created_and_assigned_live() -> None:
+    infra_ports = {
+        "KAFKA": free_port(),
+        "KAFKA_CONTROLLER": free_port(),
+        "MONGO": free_port(),
+        "IMAP": free_port(),
+        "SMTP": free_port(),
+    }
+    base = 18680 + (os.getpid() % 50) * 10
+    while any(listening(base + i) for i in range(5)):
+        base += 10
+    env = {
+        **{
+            k: v
+            for k, v in os.environ.items()
+            if k not in {"KAFKA_BOOTSTRAP_SERVERS", "MONGODB_URI", "DESKSTREAM_DEMO"}
+        },
+        # Under the repo, not tmp_path: Dovecot's unprivileged processes must traverse it.
+        "DESKSTREAM_RUN_DIR": str(TEST_RUN_DIR / f"demo-{uuid.uuid4().hex[:6]}"),
+        "DESKSTREAM_SERVICE_PORT_BASE": str(base),
+        **{f"DESKSTREAM_{k}_PORT": str(v) for k, v in infra_ports.items()},
+    }
+    proc = subprocess.Popen(
+        ["make", "--no-print-directory", "run"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        text=True,
+    )
+    output: list[str] = []
+    seen = Seen()
+    try:
+        assert proc.stdout is not None
+        lines: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=_pump, args=(proc.stdout, lines), daemon=True).start()
+        _read_until(lines, output, seen, time.monotonic() + DEADLINE_S, stop_when_done=True)
+        assert seen.complete(), "".join(output)
+        # The out-of-office mail was delivered before the last two: give it time to show up.
+        _read_until(lines, output, seen, time.monotonic() + GRACE_S, stop_when_done=False)
+
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in the terminal does
+        proc.wait(timeout=90)
+        _read_until(lines, output, seen, time.monotonic() + 5, stop_when_done=False)
+        # Checked before the clean-up below, which would hide a leak.
+        assert processes_in_group(proc.pid) == []
+        still = [p for p in [*infra_ports.values(), *range(base, base + 5)] if listening(p)]
+        assert still == [], f"still listening: {still}"
+    finally:
+        _stop(proc, env)
+    text = "".join(output)
+    assert "deskstream: stopped" in text, text
+    assert "FAILED" not in text, text
+
+    emails = seen.email_tickets()
+    assert {seen.created[t][1] for t in emails} == EMAIL_SERVICES, text
+    assert len(emails) == 4, f"the out-of-office mail made a ticket?\n{text}"
+    assert not any("Automatic reply" in seen.created[t][2] for t in emails), text
+    for ticket, service in seen.portal.items():
+        assert seen.created[ticket][:2] == ("portal", service), text
+    for ticket in emails | set(seen.portal):
+        assert "rule " in seen.assigned[ticket], text  # the router's why is shown
