@@ -610,8 +610,13 @@ async def test_sigkill_while_mail_arrives_loses_nothing(
     mails = [generated_mail(n, tag, with_id=n % 25 != 0) for n in range(total)]
     placed: list[tuple[int, int]] = []
 
+    # Mail flows while a worker runs, so every kill lands mid-stream however slowly the
+    # (loaded) machine restarts the worker.
+    worker_up = threading.Event()
+
     def deliver() -> None:  # one APPEND per mail, as a busy mailbox receives them
         for mail in mails:
+            worker_up.wait()
             placed.extend(append(infra, folder, [mail]))
             time.sleep(0.03)
 
@@ -627,6 +632,7 @@ async def test_sigkill_while_mail_arrives_loses_nothing(
             svc = service(infra, topic_prefix, folder, mongo_db, tmp_path, name=f"run{n}", **extra)
             with running(svc.start()):
                 await svc.wait_ready()
+                worker_up.set()
                 if appender.ident is None:
                     appender.start()
 
@@ -634,12 +640,14 @@ async def test_sigkill_while_mail_arrives_loses_nothing(
                     return len(topics.ids()) >= point
 
                 await topics.until(reached, 60, f"{point} mails")
+                worker_up.clear()
                 svc.kill()
             assert appender.is_alive(), "each kill should come while mail is still arriving"
             repeats.append(sum(topics.ids().values()) - len(topics.ids()) - sum(repeats))
         last = service(infra, topic_prefix, folder, mongo_db, tmp_path, name="last", **extra)
         with running(last.start()):
             await last.wait_ready()
+            worker_up.set()
             await asyncio.to_thread(appender.join, 120)
             took = await topics.until(lambda: len(topics.ids()) >= total, 90, "every mail")
             await topics.settle()
