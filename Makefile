@@ -8,7 +8,7 @@ PY := .venv/bin/python
 INFRA := $(PY) deploy/local/infra.py
 
 .DEFAULT_GOAL := help
-.PHONY: help deps run test lint fmt infra-up infra-down infra-status topics schemas clean
+.PHONY: help deps run test bench lint fmt infra-up infra-down infra-status topics schemas clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -27,10 +27,13 @@ run: deps ## start infrastructure and all five services; Ctrl-C stops everything
 test: deps ## run the whole suite against real Kafka, MongoDB-wire, Dovecot and SMTP
 	@$(PY) -m pytest $(PYTEST_ARGS)
 
+bench: deps ## benchmark: raw Kafka, raw MongoDB, inbound->ticket pipeline (BENCH_ARGS=--help)
+	@$(PY) -m bench.run $(BENCH_ARGS)
+
 lint: deps ## ruff, ruff format --check, mypy (strict on shared/)
 	@.venv/bin/ruff check .
 	@.venv/bin/ruff format --check .
-	@.venv/bin/mypy shared/deskstream services deploy/local tests
+	@.venv/bin/mypy shared/deskstream services deploy/local tests bench
 
 fmt: deps ## apply ruff's fixes and formatting
 	@.venv/bin/ruff check --fix .

@@ -118,53 +118,32 @@ class Topics:
 def ensure_topics(bootstrap_servers: str, prefix: str = "", timeout_s: float = 30) -> list[str]:
     """Create every registry topic under `prefix` that does not exist yet; returns the new ones.
 
-    Idempotent: existing topics are left as they are (their partition count is checked, not
-    changed, because changing it would move keys between partitions).
+    Idempotent: existing topics are left as they are (a different partition count is
+    reported, not changed, because changing it would move keys between partitions).
+    Returns once every partition of every registry topic has a leader.
     """
-    from kafka.admin import KafkaAdminClient, NewTopic
-    from kafka.errors import TopicAlreadyExistsError
-
     wanted = Topics(prefix).all()
-    admin = KafkaAdminClient(
-        bootstrap_servers=bootstrap_servers,
-        client_id="deskstream-bootstrap",
-        request_timeout_ms=int(timeout_s * 1000),
+    created = ensure_named_topics(
+        bootstrap_servers,
+        {name: (spec.partitions, spec.config()) for name, spec in wanted.items()},
+        timeout_s,
+        check_partitions=True,
     )
-    try:
-        existing = set(admin.list_topics())
-        missing = [
-            NewTopic(name, spec.partitions, 1, topic_configs=spec.config())
-            for name, spec in wanted.items()
-            if name not in existing
-        ]
-        created: list[str] = []
-        for new in missing:
-            try:
-                admin.create_topics([new], timeout_ms=int(timeout_s * 1000))
-                created.append(new.name)
-            except TopicAlreadyExistsError:
-                pass  # created concurrently by another bootstrap: fine
-        _wait_until_led(admin, created, timeout_s)
-        present = admin.describe_topics([n for n in wanted if n in existing])
-        for desc in present:
-            spec = wanted[desc["name"]]
-            if len(desc["partitions"]) != spec.partitions:
-                log.warning(
-                    "topic has a different partition count than the registry",
-                    extra={"topic": desc["name"], "registry": spec.partitions},
-                )
-        return created
-    finally:
-        admin.close()
+    return created
 
 
 def ensure_named_topics(
-    bootstrap_servers: str, topics: dict[str, tuple[int, dict[str, str]]], timeout_s: float = 30
+    bootstrap_servers: str,
+    topics: dict[str, tuple[int, dict[str, str]]],
+    timeout_s: float = 30,
+    *,
+    check_partitions: bool = False,
 ) -> list[str]:
-    """Create topics outside the registry (a Faust app's changelogs) and wait for leaders.
+    """Create the topics that do not exist yet, and wait until every partition has a leader.
 
-    Faust would create them itself while joining its group, racing the broker's metadata:
-    a worker that sees a changelog with 0 partitions fails every table write for minutes.
+    Also used for the router's Faust changelogs: left to Faust, they are created while the
+    worker joins its group, racing the broker's metadata, and a worker that sees a changelog
+    with 0 partitions fails every table write for minutes.
     """
     from kafka.admin import KafkaAdminClient, NewTopic
     from kafka.errors import TopicAlreadyExistsError
@@ -189,6 +168,13 @@ def ensure_named_topics(
             except TopicAlreadyExistsError:
                 pass
         _wait_until_led(admin, list(topics), timeout_s)
+        if check_partitions:
+            for desc in admin.describe_topics([n for n in topics if n in existing]):
+                if len(desc["partitions"]) != topics[desc["name"]][0]:
+                    log.warning(
+                        "topic has a different partition count than the registry",
+                        extra={"topic": desc["name"], "registry": topics[desc["name"]][0]},
+                    )
         return created
     finally:
         admin.close()

@@ -106,7 +106,12 @@ async def test_faust_agent_round_trip(infra: Infra, topic_prefix: str) -> None:
         await producer.stop()
         await consumer.stop()
         worker.terminate()
-        worker.wait(30)
+        try:
+            worker.wait(30)
+        except subprocess.TimeoutExpired:
+            worker.kill()  # never leave a worker behind
+            worker.wait()
+            raise
     assert sum(map(len, got.values())) == 30
     # Per conversation the table counted 1..10 in order: state and ordering both held.
     for key, values in got.items():
