@@ -7,20 +7,14 @@ the out-of-office mail made no ticket, then stops it with SIGINT and checks noth
 
 from __future__ import annotations
 
-import os
 import queue
 import re
-import signal
-import subprocess
-import sys
 import threading
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import IO
 
-from tests.conftest import INFRA, REPO, TEST_RUN_DIR, free_port
-from tests.integration.test_make_run import listening, processes_in_group
+from tests.make_run import listening, processes_in_group, start_make_run
 
 DEADLINE_S = 180  # start-up (about 30 s here) plus the demo; only a guard
 GRACE_S = 8  # after the last expected line: time enough for a wrong ticket to show up
@@ -94,50 +88,10 @@ def _read_until(
             return
 
 
-def _stop(proc: subprocess.Popen[str], env: dict[str, str]) -> None:
-    """After a failure too: Ctrl-C first, as the infrastructure runs in sessions of its own
-    that a SIGKILL of the group would leave behind; then `infra.py down` as a last resort."""
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGINT)
-        try:
-            proc.wait(timeout=90)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    subprocess.run([sys.executable, str(INFRA), "down"], env=env, capture_output=True, check=False)
-
-
 def test_make_run_shows_demo_tickets_created_and_assigned_live() -> None:
-    infra_ports = {
-        "KAFKA": free_port(),
-        "KAFKA_CONTROLLER": free_port(),
-        "MONGO": free_port(),
-        "IMAP": free_port(),
-        "SMTP": free_port(),
-    }
-    base = 18680 + (os.getpid() % 50) * 10
-    while any(listening(base + i) for i in range(5)):
-        base += 10
-    env = {
-        **{
-            k: v
-            for k, v in os.environ.items()
-            if k not in {"KAFKA_BOOTSTRAP_SERVERS", "MONGODB_URI", "DESKSTREAM_DEMO"}
-        },
-        # Under the repo, not tmp_path: Dovecot's unprivileged processes must traverse it.
-        "DESKSTREAM_RUN_DIR": str(TEST_RUN_DIR / f"demo-{uuid.uuid4().hex[:6]}"),
-        "DESKSTREAM_SERVICE_PORT_BASE": str(base),
-        **{f"DESKSTREAM_{k}_PORT": str(v) for k, v in infra_ports.items()},
-    }
-    proc = subprocess.Popen(
-        ["make", "--no-print-directory", "run"],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-        text=True,
-    )
+    # DESKSTREAM_DEMO="" drops a DESKSTREAM_DEMO=0 from the environment: the demo runs.
+    run = start_make_run("demo", 18680, DESKSTREAM_DEMO="")
+    proc = run.proc
     output: list[str] = []
     seen = Seen()
     try:
@@ -149,15 +103,15 @@ def test_make_run_shows_demo_tickets_created_and_assigned_live() -> None:
         # The out-of-office mail was delivered before the last two: give it time to show up.
         _read_until(lines, output, seen, time.monotonic() + GRACE_S, stop_when_done=False)
 
-        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in the terminal does
+        run.interrupt()
         proc.wait(timeout=90)
         _read_until(lines, output, seen, time.monotonic() + 5, stop_when_done=False)
         # Checked before the clean-up below, which would hide a leak.
         assert processes_in_group(proc.pid) == []
-        still = [p for p in [*infra_ports.values(), *range(base, base + 5)] if listening(p)]
+        still = [p for p in run.ports() if listening(p)]
         assert still == [], f"still listening: {still}"
     finally:
-        _stop(proc, env)
+        run.stop()
     text = "".join(output)
     assert "deskstream: stopped" in text, text
     assert "FAILED" not in text, text
