@@ -13,13 +13,15 @@ INFRA := $(PY) deploy/local/infra.py
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
-deps: ## install what is missing: uv, the locked Python env, Kafka jars, Dovecot
+deps: ## install what is missing: uv, the locked Python env, Kafka jars, Dovecot, Chromium
 	@command -v uv >/dev/null 2>&1 || test -x $(UV) || python3 -m pip install --quiet "uv==$(UV_VERSION)"
 	@$$(command -v uv || echo $(UV)) sync --all-packages --frozen --quiet
 	@test -n "$$(ls deploy/local/kafka/target/kafka-libs/kafka_2.13-*.jar 2>/dev/null)" || \
 		mvn -q -B -f deploy/local/kafka/pom.xml package
-	@command -v dovecot >/dev/null 2>&1 || { apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dovecot-imapd >/dev/null; }
+	@missing="$$(command -v dovecot >/dev/null 2>&1 || echo dovecot-imapd) \
+		$$(command -v chromium >/dev/null 2>&1 || echo chromium)"; \
+	if [ -n "$${missing// /}" ]; then apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi
 
 run: deps ## start infrastructure and all five services; Ctrl-C stops everything
 	@$(PY) deploy/local/run.py

@@ -29,6 +29,7 @@ def start_service(name: str, env: dict[str, str], port: int, log: Path) -> subpr
             env={**env, f"{ENV_PREFIX[name]}_HTTP_PORT": str(port)},
             stdout=out,
             stderr=subprocess.STDOUT,
+            cwd=log.parent,  # whatever a service writes beside itself stays with the test
         )
 
 

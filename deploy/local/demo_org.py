@@ -16,6 +16,7 @@ TEAMS: list[dict[str, Any]] = [
     {"team_id": "network", "name": "Network & Remote Access"},
     {"team_id": "field", "name": "Field Services"},
     {"team_id": "finance-apps", "name": "Finance Applications"},
+    {"team_id": "social", "name": "Social Media"},
 ]
 
 SERVICES: list[dict[str, Any]] = [
@@ -63,6 +64,16 @@ SERVICES: list[dict[str, Any]] = [
         "criticality": "critical",
         "response_minutes": 30,
     },
+    {
+        # Public posts on X go here whatever they are about (rules/channels.toml): the
+        # social team answers in public within its own, shorter response target.
+        "service_id": "social-public",
+        "name": "Public post on social media",
+        "team": "social",
+        "required_skills": {"social": 1},
+        "criticality": "medium",
+        "response_minutes": 15,
+    },
 ]
 
 AGENTS: list[dict[str, Any]] = [
@@ -99,6 +110,13 @@ AGENTS: list[dict[str, Any]] = [
         "name": "Eva Lindqvist",
         "teams": ["finance-apps"],
         "skills": {"sap": 4},
+        "presence": "online",
+    },
+    {
+        "agent_id": "sol",
+        "name": "Sol Rivera",
+        "teams": ["social"],
+        "skills": {"social": 3},
         "presence": "online",
     },
     {

@@ -140,9 +140,13 @@ class AssignTicket(_Command):
 
 
 class QueueTicket(_Command):
+    """The ticket waits in its team's queue; sent again when its position changes."""
+
     type: Literal["queue"] = "queue"
     team: Id
     position: Annotated[int, Field(ge=1)]
+    # How long the router expects the wait to be (chat tells the visitor); None: no estimate.
+    estimated_wait_s: Annotated[int, Field(ge=0)] | None = None
     explanation: dict[str, Any] = {}
 
 
@@ -209,6 +213,7 @@ class TicketQueued(_TicketEvent):
     team: Id
     position: Annotated[int, Field(ge=1)]
     channel: Channel
+    estimated_wait_s: Annotated[int, Field(ge=0)] | None = None
 
 
 class StatusChanged(_TicketEvent):

@@ -361,9 +361,10 @@ async def test_idle_delivers_new_mail_and_a_restart_repeats_nothing(
             await topics.until(lambda: len(topics.inbound) == 1, 60, "the first mail")
             await asyncio.sleep(3.5)  # the worker is idling now, on its fourth IDLE
             append(infra, folder, [generated_mail(1, tag)])
-            took = await topics.until(lambda: len(topics.inbound) == 2, 30, "the idle mail")
+            # The deadline is a guard, not a speed target: below Dovecot's 30 s mailbox
+            # check, so only IDLE's push can meet it, however loaded the machine is.
+            took = await topics.until(lambda: len(topics.inbound) == 2, 25, "the idle mail")
             print(f"IDLE: new mail on Kafka {took:.2f}s after APPEND")
-            assert took < 10
             assert svc.terminate() == 0
         assert '"idle": true' in svc.logs()
 
@@ -575,10 +576,10 @@ async def test_a_dropped_connection_is_reopened_with_back_off(
             with running(svc.start()):
                 await svc.wait_ready()
                 append(infra, folder, [generated_mail(0, tag)])
-                took = await topics.until(lambda: len(topics.inbound) == 1, 60, "mail 0")
                 # Sent as the worker starts: it must not wait for the server's next IDLE
-                # check (30 s on Dovecot) because SEARCH did not see it (see _drain).
-                assert took < 10
+                # check (30 s on Dovecot) because SEARCH did not see it (see _drain). The
+                # deadline sits below that check, as a guard rather than a speed target.
+                await topics.until(lambda: len(topics.inbound) == 1, 25, "mail 0")
                 await asyncio.sleep(1)  # idling
                 proxy.refusing.set()
                 proxy.cut()

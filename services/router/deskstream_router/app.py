@@ -22,6 +22,7 @@ def create_app(settings: RouterSettings) -> faust.App:
         f"{settings.topics.prefix}router",
         broker=f"kafka://{settings.kafka_bootstrap_servers}",
         store=settings.store,
+        datadir=str(settings.data_dir),
         web_host=settings.http_host,
         web_port=settings.http_port,
         web_in_thread=False,

@@ -15,5 +15,7 @@ class RouterSettings(ServiceSettings):
     http_port: int = 8082
     # Where Faust keeps its table stores; "memory://" rebuilds tables from changelogs.
     store: str = "memory://"
+    # Faust's own files (table stores other than memory, its lock); one per worker.
+    data_dir: Path = Path("router-data")
     # The versioned classification rules (see rules/classification.toml).
     rules_path: Path = Path(__file__).resolve().parent / "rules" / "classification.toml"

@@ -178,7 +178,12 @@ def _queue(plan: Plan, command: QueueTicket) -> None:
     plan.explain(command)
     at = command.issued_at
     ticket["team"] = command.team
-    ticket["queue"] = {"team": command.team, "position": command.position, "at": at}
+    ticket["queue"] = {
+        "team": command.team,
+        "position": command.position,
+        "estimated_wait_s": command.estimated_wait_s,
+        "at": at,
+    }
     ticket["updated_at"] = at
     queued = TicketQueued(
         event_id=f"{command.command_id}:queued",
@@ -188,6 +193,7 @@ def _queue(plan: Plan, command: QueueTicket) -> None:
         team=command.team,
         position=command.position,
         channel=Channel(ticket["channel"]),
+        estimated_wait_s=command.estimated_wait_s,
     )
     plan.emit(ticket, [queued])
 

@@ -57,6 +57,7 @@ class Page(BaseModel, Generic[T]):
 class QueueRead(BaseModel):
     team: str
     position: int
+    estimated_wait_s: int | None = None
     at: datetime
 
 
