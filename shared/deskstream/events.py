@@ -187,6 +187,9 @@ class TicketCreated(_TicketEvent):
     requester: SenderIdentity
     service_id: Id | None = None
     team: Id | None = None
+    # The channel's conversation the ticket came from, so a channel service can tell its
+    # own conversation (a web chat, a Slack thread) what became of it.
+    conversation_key: Id | None = None
 
 
 class MessageAdded(_TicketEvent):

@@ -71,6 +71,7 @@ def created_event(ticket: Doc, *, event_id: str, at: datetime, caused_by: str) -
         requester=SenderIdentity.model_validate(ticket["requester"]),
         service_id=ticket.get("service_id"),
         team=ticket.get("team"),
+        conversation_key=ticket.get("conversation_key"),
     )
 
 
