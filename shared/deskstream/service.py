@@ -52,8 +52,11 @@ async def run_worker(settings: ServiceSettings, readiness: Readiness, body: Body
         log.info("service stopped")
 
 
-def run_fastapi(app: object, settings: ServiceSettings) -> None:
-    """Serve a FastAPI app with uvicorn, JSON logs, and a graceful stop on SIGTERM (exit 0)."""
+def run_fastapi(app: object, settings: ServiceSettings, **uvicorn_options: Any) -> None:
+    """Serve a FastAPI app with uvicorn, JSON logs, and a graceful stop on SIGTERM (exit 0).
+
+    `uvicorn_options` go to `uvicorn.Config` (e.g. `ws_max_size` for a WebSocket service).
+    """
     import uvicorn
 
     class Server(uvicorn.Server):
@@ -75,5 +78,6 @@ def run_fastapi(app: object, settings: ServiceSettings) -> None:
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=10,
+        **uvicorn_options,
     )
     Server(config).run()

@@ -10,7 +10,9 @@ from deskstream_ingest_chat.settings import IngestChatSettings
 
 def main() -> None:
     settings = IngestChatSettings()
-    run_fastapi(create_app(settings), settings)
+    # WebSocket frames above the input limit are refused by the server itself (close 1009),
+    # before they are buffered; the app checks the same limit again.
+    run_fastapi(create_app(settings), settings, ws_max_size=settings.max_body_bytes)
 
 
 if __name__ == "__main__":

@@ -2,12 +2,14 @@
 
 The IMAP client is blocking, so each configured mailbox gets a worker thread; they share
 one synchronous (kafka-python) producer and one PyMongo client for checkpoints and leases.
-The asyncio side only serves the ops routes and waits for SIGTERM.
+The asyncio side serves the ops routes and runs the reply sender (`outbound.email` -> SMTP,
+see outbound.py) until SIGTERM.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 from functools import partial
@@ -20,8 +22,10 @@ from pymongo import MongoClient
 
 from deskstream_ingest_email.classify import ClassifyContext
 from deskstream_ingest_email.normalise import NormaliseConfig
+from deskstream_ingest_email.outbound import ReplyService
 from deskstream_ingest_email.publish import BatchPublisher, ProducerHolder
 from deskstream_ingest_email.settings import IngestEmailSettings, Mailbox
+from deskstream_ingest_email.smtp_send import probe
 from deskstream_ingest_email.store import MailboxStore
 from deskstream_ingest_email.worker import MailboxWorker, connect
 
@@ -98,17 +102,33 @@ async def serve(settings: IngestEmailSettings) -> None:
         readiness.add(f"imap:{mailbox.key}", partial(asyncio.to_thread, imap_login, mailbox))
     readiness.add("mongodb", lambda: asyncio.to_thread(mongo.admin.command, "ping"))
     readiness.add("workers", workers_alive)
+    replies = ReplyService(settings) if settings.replies_enabled else None
+    if replies is not None:
+        readiness.add("smtp", partial(asyncio.to_thread, probe, replies.smtp))
 
     async def body(stop: asyncio.Event) -> None:
         for thread in threads:
             thread.start()
+        sender = asyncio.create_task(replies.run(stop)) if replies is not None else None
         try:
-            await stop.wait()
+            stopped = asyncio.create_task(stop.wait())
+            await asyncio.wait(
+                {stopped, *([sender] if sender else [])}, return_when=asyncio.FIRST_COMPLETED
+            )
+            stopped.cancel()
+            if sender is not None and sender.done() and not stop.is_set():
+                # The reply sender failed: exit non-zero rather than look healthy without it.
+                sender.result()
+                raise RuntimeError("the reply sender stopped")
         finally:
             # Workers finish their batch, acknowledge it and release their leases.
             stop_workers.set()
             for thread in threads:
                 await asyncio.to_thread(thread.join, 20)
+            if sender is not None:
+                stop.set()
+                with contextlib.suppress(Exception):
+                    await sender  # finishes its batch and commits it
             await asyncio.to_thread(producers.close, 5)
             await asyncio.to_thread(mongo.close)
 

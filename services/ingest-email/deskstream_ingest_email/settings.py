@@ -122,6 +122,38 @@ class IngestEmailSettings(ServiceSettings, MongoSettingsMixin):
     instance_id: str = Field(default_factory=_default_instance_id, min_length=1)
     state_collection: str = "ingest_email_mailboxes"
 
+    # --- Replies: OutboundReply on outbound.email -> SMTP (see outbound.py) ---------------
+    replies_enabled: bool = True
+    smtp_host: str = Field("127.0.0.1", validation_alias=AliasChoices("SMTP_HOST", "smtp_host"))
+    smtp_port: int = Field(10025, validation_alias=AliasChoices("SMTP_PORT", "smtp_port"))
+    # Implicit TLS (port 465) or STARTTLS on a plain connection (port 587); at most one.
+    smtp_ssl: bool = Field(False, validation_alias=AliasChoices("SMTP_SSL", "smtp_ssl"))
+    smtp_starttls: bool = Field(
+        False, validation_alias=AliasChoices("SMTP_STARTTLS", "smtp_starttls")
+    )
+    smtp_user: str | None = Field(None, validation_alias=AliasChoices("SMTP_USER", "smtp_user"))
+    # Only from the environment; never logged (SecretStr), refused when weak.
+    smtp_password: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("SMTP_PASSWORD", "smtp_password")
+    )
+    smtp_timeout_s: float = Field(30, gt=0)
+    # The desk's sender address; default: the address of the mailbox the request came in
+    # through (or the first mailbox). It is one of the desk's own addresses (loop check).
+    reply_from: str | None = None
+    reply_from_name: str = Field("IT Service Desk", max_length=200)
+    # The right-hand side of the desk's Message-IDs; default: the sender address's domain.
+    message_id_domain: str | None = None
+    # Replies handled per batch (one SMTP session per attempt of a batch).
+    reply_batch: int = Field(50, ge=1, le=1000)
+    # Transient failures (no connection, SMTP 4xx) are tried this often in all, waiting
+    # reply_backoff_s, doubling up to reply_backoff_max_s, then reported as failed. Keep the
+    # total wait well below Kafka's max.poll.interval.ms (5 min), or the consumer loses its
+    # partitions in the middle of a batch.
+    reply_attempts: int = Field(5, ge=1, le=20)
+    reply_backoff_s: float = Field(2.0, gt=0, le=60)
+    reply_backoff_max_s: float = Field(30.0, gt=0, le=120)
+    sent_collection: str = "ingest_email_sent"
+
     _lists = validator("desk_addresses", "allowed_list_ids", mode="before")(_split_list)
 
     @validator("mailboxes", mode="before")
@@ -141,6 +173,12 @@ class IngestEmailSettings(ServiceSettings, MongoSettingsMixin):
         for mailbox in self.mailboxes:
             if mailbox.password is not None:
                 check_secret(f"password of mailbox {mailbox.user}", mailbox.password)
+        if self.smtp_ssl and self.smtp_starttls:
+            raise ValueError("SMTP_SSL and SMTP_STARTTLS exclude each other")
+        if self.smtp_user and self.smtp_password is None:
+            raise ValueError("SMTP_USER is set but SMTP_PASSWORD is not")
+        if self.reply_from is not None and not _looks_like_address(self.reply_from):
+            raise ValueError("INGEST_EMAIL_REPLY_FROM must be an email address")
         keys = [m.key for m in self.resolved_mailboxes()]
         if len(set(keys)) != len(keys):
             raise ValueError("INGEST_EMAIL_MAILBOXES names a mailbox twice")
@@ -164,12 +202,19 @@ class IngestEmailSettings(ServiceSettings, MongoSettingsMixin):
     def own_addresses(self) -> frozenset[str]:
         addresses = {a.strip().lower() for a in self.desk_addresses if a.strip()}
         addresses |= {m.address for m in self.resolved_mailboxes() if "@" in m.address}
+        if self.reply_from:
+            addresses.add(self.reply_from.strip().lower())
         return frozenset(addresses)
 
 
 def _pair(item: str) -> dict[str, str]:
     user, sep, folder = item.partition(":")
     return {"user": user.strip(), "folder": folder.strip() or "INBOX"} if sep else {"user": item}
+
+
+def _looks_like_address(value: str) -> bool:
+    local, at, domain = value.strip().rpartition("@")
+    return bool(at and local and domain) and not any(c in value for c in "<>\r\n\t ,;")
 
 
 def _default_address(user: str, host: str) -> str:

@@ -1,33 +1,23 @@
-"""Checkpoint and lease of each mailbox, in one MongoDB document per mailbox.
+"""Checkpoint and lease of each mailbox: the shared lease store with IMAP's two fields.
 
 `{_id: <mailbox key>, owner, lease_until, uidvalidity, last_uid, updated_at}`
 
-- The lease makes one replica the active worker of a mailbox: it is taken when free or
-  expired, renewed by the holder's heartbeat, and released on a clean stop so a standby
-  takes over at once (after a crash: once `lease_until` has passed).
-- The checkpoint is the last UID whose mail Kafka acknowledged. Every write is fenced on
-  the owner: a worker that lost its lease (paused, partitioned) can no longer move the
-  checkpoint, and learns so from `LeaseLost`.
-
-Clocks: expiry is compared with the local clock of the replica that wants the lease, so
-replicas' clocks must agree to well within the TTL (NTP gives milliseconds).
+The lease, its expiry and the fencing of checkpoint writes on the owner are
+`deskstream.lease` (shared with ingest-social); this module only names the checkpoint:
+the last UID whose mail Kafka acknowledged, under the folder's UIDVALIDITY.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
-from pymongo import ReturnDocument
+from deskstream.lease import LeaseLost, LeaseStore
 from pymongo.collection import Collection
-from pymongo.errors import DuplicateKeyError
-from pymongo.write_concern import WriteConcern
 
-
-class LeaseLost(Exception):
-    """Another worker holds this mailbox now; stop working it without acknowledging."""
+__all__ = ["Checkpoint", "LeaseLost", "MailboxStore"]
 
 
 @dataclass(frozen=True)
@@ -41,6 +31,8 @@ def _utcnow() -> datetime:
 
 
 class MailboxStore:
+    """A mailbox's lease (delegated to the shared store) and its UID checkpoint."""
+
     def __init__(
         self,
         collection: Collection[dict[str, Any]],
@@ -49,62 +41,31 @@ class MailboxStore:
         ttl_s: float,
         clock: Callable[[], datetime] = _utcnow,
     ) -> None:
-        # Majority: an acknowledged checkpoint survives the loss of the primary.
-        self._col = collection.with_options(write_concern=WriteConcern(w="majority"))
+        self.leases = LeaseStore(
+            collection,
+            owner=owner,
+            ttl_s=ttl_s,
+            initial={"uidvalidity": None, "last_uid": 0},
+            clock=clock,
+        )
         self.owner = owner
-        self.ttl = timedelta(seconds=ttl_s)
-        self._clock = clock
 
     def acquire(self, key: str) -> bool:
-        """Take or renew the lease of `key`; False while another live worker holds it."""
-        now = self._clock()
-        try:
-            doc = self._col.find_one_and_update(
-                {
-                    "_id": key,
-                    "$or": [{"owner": self.owner}, {"owner": None}, {"lease_until": {"$lt": now}}],
-                },
-                {
-                    "$set": {"owner": self.owner, "lease_until": now + self.ttl},
-                    "$setOnInsert": {"uidvalidity": None, "last_uid": 0},
-                },
-                upsert=True,
-                return_document=ReturnDocument.AFTER,
-            )
-        except DuplicateKeyError:
-            return False  # the document exists and its filter did not match: held
-        return doc is not None and doc.get("owner") == self.owner
+        return self.leases.acquire(key)
 
     def renew(self, key: str) -> None:
-        now = self._clock()
-        result = self._col.update_one(
-            {"_id": key, "owner": self.owner}, {"$set": {"lease_until": now + self.ttl}}
-        )
-        if result.matched_count == 0:
-            raise LeaseLost(key)
+        self.leases.renew(key)
 
     def release(self, key: str) -> None:
-        self._col.update_one({"_id": key, "owner": self.owner}, {"$set": {"owner": None}})
+        self.leases.release(key)
 
     def holder(self, key: str) -> str | None:
-        doc = self._col.find_one({"_id": key}, {"owner": 1})
-        return doc.get("owner") if doc else None
+        return self.leases.holder(key)
 
     def checkpoint(self, key: str) -> Checkpoint:
-        doc = self._col.find_one({"_id": key}) or {}
-        return Checkpoint(doc.get("uidvalidity"), int(doc.get("last_uid") or 0))
+        state = self.leases.checkpoint(key)
+        return Checkpoint(state.get("uidvalidity"), int(state.get("last_uid") or 0))
 
     def advance(self, key: str, *, uidvalidity: int, last_uid: int) -> None:
         """Record that every mail up to `last_uid` is on Kafka (fenced on the lease)."""
-        result = self._col.update_one(
-            {"_id": key, "owner": self.owner},
-            {
-                "$set": {
-                    "uidvalidity": uidvalidity,
-                    "last_uid": last_uid,
-                    "updated_at": self._clock(),
-                }
-            },
-        )
-        if result.matched_count == 0:
-            raise LeaseLost(key)
+        self.leases.save(key, {"uidvalidity": uidvalidity, "last_uid": last_uid})

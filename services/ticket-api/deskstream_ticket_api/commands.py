@@ -41,7 +41,7 @@ from pydantic import BaseModel, ValidationError
 from pymongo import ReplaceOne, UpdateOne
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
-from deskstream_ticket_api import outbox, ticketing
+from deskstream_ticket_api import contacts, outbox, ticketing
 from deskstream_ticket_api.db import Doc, Retry, Session, Store, atomically
 from deskstream_ticket_api.outbox import Waker
 
@@ -77,6 +77,8 @@ class Plan:
     deliveries: list[UpdateOne] = field(default_factory=list)
     entries: list[outbox.Entry] = field(default_factory=list)
     rejected: dict[int, Exception] = field(default_factory=dict)
+    # Senders resolved to contacts; written in the same transaction as the tickets.
+    linker: contacts.Linker = field(default_factory=contacts.Linker)
 
     def ticket(self, command: Command) -> Doc:
         ticket = self.tickets.get(command.ticket_id)
@@ -135,6 +137,9 @@ def _create(plan: Plan, command: CreateTicket) -> None:
             team=command.team,
             classification_rule=command.classification_rule,
         )
+        ticket["contact_id"], ticket["requester_key"] = plan.linker.resolve(
+            command.message.sender, at=at
+        )
         plan.tickets[command.ticket_id] = ticket
         plan.versions[command.ticket_id] = None
         events.append(
@@ -146,12 +151,15 @@ def _create(plan: Plan, command: CreateTicket) -> None:
             "create for an existing ticket; appending its message",
             extra={"ticket_id": command.ticket_id, "command_id": cid},
         )
+        plan.linker.resolve(command.message.sender, at=at)
     events += _add_inbound(plan, ticket, command.message, command, reopen=not events)
     plan.emit(ticket, events)
 
 
 def _append(plan: Plan, command: AppendMessage) -> None:
     ticket = plan.ticket(command)
+    # Resolved only once the command applies: a rejected one must leave no contact behind.
+    plan.linker.resolve(command.message.sender, at=command.issued_at)
     plan.emit(ticket, _add_inbound(plan, ticket, command.message, command, reopen=True))
 
 
@@ -296,6 +304,8 @@ async def _load(
     message_ids = [
         c.message.event_id for c in commands if isinstance(c, CreateTicket | AppendMessage)
     ]
+    senders = [c.message.sender for c in commands if isinstance(c, CreateTicket | AppendMessage)]
+    linker = await contacts.load(store=store, session=session, senders=senders)
     reply_ids = [c.reply_id for c in commands if isinstance(c, DeliveryResult)]
     wanted = list({*message_ids, *reply_ids})
     found = (
@@ -312,6 +322,7 @@ async def _load(
         versions={tid: int(t.get("version", 0)) for tid, t in tickets.items()},
         known_messages={d["_id"] for d in found},
         replies={d["_id"]: d for d in found if d.get("kind") == "reply"},
+        linker=linker,
     )
 
 
@@ -319,6 +330,7 @@ async def _write(store: Store, session: Session, plan: Plan) -> None:
     # The ledger first: a racing applier's duplicate aborts here, before anything else.
     if plan.ledger:
         await store["applied_commands"].insert_many(plan.ledger, session=session)
+    await contacts.write(store=store, session=session, linker=plan.linker)
     if plan.messages:
         await store["messages"].insert_many(plan.messages, session=session)
     if plan.explanations:

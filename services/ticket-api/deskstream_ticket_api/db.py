@@ -41,7 +41,18 @@ INDEXES: dict[str, list[IndexModel]] = {
         IndexModel(_NEWEST_FIRST, name="page"),
         *(
             IndexModel([(field, ASCENDING), *_NEWEST_FIRST], name=f"by_{field}")
-            for field in ("status", "team", "assignee", "channel", "service_id", "requester.id")
+            for field in (
+                "status",
+                "team",
+                "assignee",
+                "channel",
+                "service_id",
+                "requester.id",
+                # The contact filter asks for the tickets of all a contact's identities;
+                # merges and unmerges move `contact_id` by it.
+                "requester_key",
+                "contact_id",
+            )
         ),
     ],
     # _id is the message's event id (inbound) or reply id (agent): a message is stored once.
@@ -71,6 +82,20 @@ INDEXES: dict[str, list[IndexModel]] = {
     # _id is a key id; the key itself is never stored, only its SHA-256.
     "api_keys": [IndexModel([("hash", ASCENDING)], name="hash", unique=True)],
     "leases": [],
+    # _id is a contact id (CT-...); multikey indexes answer lookups and suggestions.
+    "contacts": [
+        IndexModel(_NEWEST_FIRST, name="page"),
+        IndexModel([("identities.key", ASCENDING)], name="by_identity"),
+        IndexModel([("addresses", ASCENDING)], name="by_address"),
+        IndexModel([("names", ASCENDING)], name="by_name"),
+        IndexModel([("handles", ASCENDING)], name="by_handle"),
+        IndexModel([("merged_into", ASCENDING)], name="by_merged_into"),
+    ],
+    # _id is an identity key (`email:maria@example.com`): one contact per identity, and the
+    # guard when two appliers race to link the same identity.
+    "contact_identities": [IndexModel([("contact_id", ASCENDING)], name="by_contact")],
+    # Merges and unmerges: who, when, what, before and after.
+    "contact_audit": [IndexModel([("contacts", ASCENDING), ("at", ASCENDING)], name="by_contact")],
 }
 
 

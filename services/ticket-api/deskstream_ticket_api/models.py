@@ -81,6 +81,9 @@ class TicketRead(BaseModel):
     created_at: datetime
     updated_at: datetime
     last_message_at: datetime | None = None
+    contact_id: str | None = Field(
+        default=None, description="the requester's contact (tickets from before contacts: none)"
+    )
     version: int
 
     @classmethod
@@ -293,6 +296,112 @@ class PortalRequestAccepted(BaseModel):
     ticket_id: str = Field(description="the id the ticket will have once it is opened")
     event_id: str
     status: Literal["accepted"] = "accepted"
+
+
+# --- Contacts -------------------------------------------------------------------------
+
+ContactId = Annotated[str, StringConstraints(pattern=r"^CT-[A-Z2-7]{16}$")]
+# `kind:id` as a client writes it (`email:maria@example.com`, `x:2244994945`): no `$`,
+# braces, brackets, quotes or whitespace, so it can only ever be compared as a string.
+IdentityKey = Annotated[
+    str,
+    StringConstraints(
+        min_length=3,
+        max_length=360,
+        pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,39}:[^\s${}\[\]\"'\\]{1,320}$",
+    ),
+]
+
+
+class LinkRead(BaseModel):
+    rule: Literal["first-seen", "verified-address", "merge", "unmerge"]
+    detail: str
+
+
+class ContactIdentityRead(BaseModel):
+    key: str = Field(description="kind:id, the identity's name in filters and unmerges")
+    channel: Channel
+    kind: str
+    id: str
+    display_name: str | None = None
+    handle: str | None = None
+    address: str | None = None
+    verified: bool = Field(description="the channel vouches for the address (portal users)")
+    added_at: datetime
+    linked: LinkRead = Field(description="why this identity belongs to the contact")
+
+
+class ContactRead(BaseModel):
+    contact_id: str
+    display_name: str | None = None
+    identities: list[ContactIdentityRead]
+    addresses: list[str]
+    verified_addresses: list[str]
+    merged_into: str | None = Field(
+        default=None, description="set on a merged contact: its tickets are under this one"
+    )
+    ticket_count: int | None = Field(default=None, description="in single reads only")
+    created_at: datetime
+    updated_at: datetime
+    version: int
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any], ticket_count: int | None = None) -> ContactRead:
+        return cls.model_validate({**doc, "contact_id": doc["_id"], "ticket_count": ticket_count})
+
+
+class ReasonRead(BaseModel):
+    rule: Literal["same-address", "same-display-name", "same-handle"]
+    value: str
+    detail: str
+
+
+class SuggestionRead(BaseModel):
+    contact: ContactRead
+    reasons: list[ReasonRead]
+
+
+class MergeCreate(Request):
+    contact_id: ContactId = Field(
+        description="the contact merged into this one; its id keeps pointing here"
+    )
+
+
+class UnmergeCreate(Request):
+    identity: IdentityKey = Field(description="kind:id of the identity to split off")
+
+
+class AuditSnapshot(BaseModel):
+    contact_id: str
+    merged_into: str | None = None
+    identities: list[str]
+
+
+class ContactAuditRead(BaseModel):
+    audit_id: str
+    action: Literal["merge", "unmerge"]
+    actor: str = Field(description="role:subject of the key that did it")
+    actor_key_id: str
+    at: datetime
+    contacts: list[str]
+    identity: str | None = Field(default=None, description="the identity split off (unmerge)")
+    before: list[AuditSnapshot]
+    after: list[AuditSnapshot]
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> ContactAuditRead:
+        return cls.model_validate({**doc, "audit_id": doc["_id"]})
+
+
+class MergeRead(BaseModel):
+    contact: ContactRead
+    audit: ContactAuditRead
+
+
+class UnmergeRead(BaseModel):
+    contact: ContactRead
+    split: ContactRead = Field(description="the contact the identity now belongs to")
+    audit: ContactAuditRead
 
 
 # --- API keys -------------------------------------------------------------------------

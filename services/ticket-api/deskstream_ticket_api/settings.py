@@ -36,9 +36,10 @@ class TicketApiSettings(ServiceSettings, MongoSettingsMixin):
     relay_lease_s: float = Field(default=10.0, ge=1.0, le=300.0)
     relay_readback_margin_ms: int = Field(default=60_000, ge=0)
 
-    # Agent replies as OutboundReply on outbound.<channel>: off until the channel services
-    # deliver them (the replies are stored and announced with MessageAdded either way).
-    publish_replies: bool = False
+    # Agent replies as OutboundReply on outbound.<channel>, for the channel's service to
+    # deliver (email: ingest-email's reply sender). Off, replies are only stored and
+    # announced with MessageAdded; internal notes are never published either way.
+    publish_replies: bool = True
 
     # REST limits.
     page_limit_max: int = Field(default=200, ge=1, le=1000)

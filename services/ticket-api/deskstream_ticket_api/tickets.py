@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from deskstream import ids
-from deskstream.events import Channel, OutboundReply, SenderIdentity, TicketStatus
+from deskstream.events import Channel, OutboundReply, SenderIdentity, TicketStatus, Visibility
 from deskstream.topics import Topics
 from pymongo import ASCENDING, DESCENDING
 from pymongo.asynchronous.database import AsyncDatabase
@@ -236,7 +236,14 @@ async def add_message(
         )
         entries = ticketing.entries(topics, [event])
         if deliver:
-            entries.append(_outbound(topics, ticket, doc, actor))
+            # A reply is as public as the message it answers (a mention on X is answered in
+            # public, a DM privately); without one it stays private.
+            answered = ticket.get("last_inbound_message_id")
+            last = answered and await store["messages"].find_one(
+                {"_id": answered}, {"visibility": 1}, session=session
+            )
+            visibility = Visibility((last or {}).get("visibility") or Visibility.PRIVATE.value)
+            entries.append(_outbound(topics, ticket, doc, actor, visibility))
         return entries
 
     try:
@@ -246,7 +253,9 @@ async def add_message(
     return stored["message"]
 
 
-def _outbound(topics: Topics, ticket: Doc, message: Doc, actor: Principal) -> outbox.Entry:
+def _outbound(
+    topics: Topics, ticket: Doc, message: Doc, actor: Principal, visibility: Visibility
+) -> outbox.Entry:
     channel = Channel(ticket["channel"])
     reply = OutboundReply(
         reply_id=message["_id"],
@@ -260,6 +269,7 @@ def _outbound(topics: Topics, ticket: Doc, message: Doc, actor: Principal) -> ou
         in_reply_to=ticket.get("last_inbound_message_id"),
         author_agent_id=actor.subject,
         created_at=message["created_at"],
+        visibility=visibility,
     )
     return outbox.record(
         topic=topics.outbound(channel),

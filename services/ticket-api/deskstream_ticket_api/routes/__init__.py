@@ -4,11 +4,19 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from deskstream_ticket_api.routes import agents, api_keys, catalogue, portal, teams, tickets
+from deskstream_ticket_api.routes import (
+    agents,
+    api_keys,
+    catalogue,
+    contacts,
+    portal,
+    teams,
+    tickets,
+)
 
 
 def v1() -> APIRouter:
     router = APIRouter(prefix="/v1")
-    for module in (tickets, agents, teams, catalogue, portal, api_keys):
+    for module in (tickets, agents, teams, catalogue, portal, api_keys, contacts):
         router.include_router(module.router)
     return router

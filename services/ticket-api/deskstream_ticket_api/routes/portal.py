@@ -7,9 +7,10 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, status
 from pydantic import BaseModel
 
-from deskstream_ticket_api import portal, roster, tickets
+from deskstream_ticket_api import contact_admin, contacts, portal, roster, tickets
 from deskstream_ticket_api.auth import PORTAL, Principal
 from deskstream_ticket_api.models import (
+    ContactRead,
     MessageRead,
     Page,
     PortalRequestAccepted,
@@ -115,3 +116,15 @@ async def my_ticket_messages(
         cursor=params.cursor,
     )
     return Page(items=[MessageRead.from_doc(d) for d in docs], next_cursor=cursor)
+
+
+@router.get("/contact", response_model=ContactRead)
+async def my_contact(rt: RuntimeDep, who: PortalUser) -> ContactRead:
+    """The contact the desk keeps for the key's user: their identities on every channel.
+
+    404 until the user's first request has become a ticket.
+    """
+    key = contacts.identity_key("portal", who.subject)
+    doc = await contact_admin.of_identity(db=rt.store.db, key=key)
+    count = await contact_admin.ticket_count(db=rt.store.db, contact=doc)
+    return ContactRead.from_doc(doc, ticket_count=count)

@@ -8,10 +8,11 @@ from deskstream.events import Channel, TicketStatus
 from fastapi import APIRouter, Depends, Query, status
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from deskstream_ticket_api import tickets
+from deskstream_ticket_api import contact_admin, tickets
 from deskstream_ticket_api.auth import STAFF, Principal
 from deskstream_ticket_api.models import (
     AssignmentCreate,
+    ContactId,
     DecisionRead,
     ExplanationRead,
     MessageCreate,
@@ -51,6 +52,9 @@ class TicketFilters(BaseModel):
     channel: Channel | None = None
     service: ResourceId | None = None
     requester: RequesterId | None = Field(default=None, description="the requester's id")
+    contact: ContactId | None = Field(
+        default=None, description="a contact: the tickets of all its identities, on any channel"
+    )
     limit: int = Field(default=50, ge=1, le=100_000, description="capped at the page maximum")
     cursor: Cursor | None = None
 
@@ -71,9 +75,12 @@ class TicketFilters(BaseModel):
 async def list_tickets(
     rt: RuntimeDep, _: Staff, filters: Annotated[TicketFilters, Query()]
 ) -> Page[TicketRead]:
+    query = filters.query()
+    if filters.contact is not None:
+        query.update(await contact_admin.ticket_filter(db=rt.store.db, contact_id=filters.contact))
     docs, cursor = await tickets.list_tickets(
         db=rt.store.db,
-        filters=filters.query(),
+        filters=query,
         limit=capped(rt, filters.limit),
         cursor=filters.cursor,
     )

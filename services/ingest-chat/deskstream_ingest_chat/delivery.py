@@ -1,0 +1,164 @@
+"""Replies on `outbound.chat`: delivered by their conversation's sender, the result reported.
+
+The runner is the shared `BatchRunner` in one consumer group for all replicas, so each
+reply is delivered by one replica. A batch's replies go out concurrently; each is tried
+with back-off until it is delivered, refused for good, or out of attempts — and then a
+`DeliveryResult` (delivered true or false, with the reason) goes to `tickets.commands`
+before the batch's offsets are committed. A reply is never dropped without a result.
+
+Web-chat replies are skipped here: the replica that holds the visitor's socket shows them
+and reports the browser's acknowledgement (see hub.py and app.py).
+
+Delivery is at least once: a crash after Slack took a reply but before the commit posts it
+again when the batch is handed over; within a process, replies already delivered are
+remembered and not posted twice when Kafka hands a batch over again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from deskstream.events import DeliveryResult, OutboundReply
+from deskstream.ids import event_id
+from deskstream.producer import OutRecord, Publisher
+from deskstream.runner import PoisonRecords, Record, TransientError, decode_all
+from deskstream.topics import Topics
+from prometheus_client import Counter
+
+from deskstream_ingest_chat.senders import Permanent, Retryable
+from deskstream_ingest_chat.webchat import PREFIX as WEBCHAT_PREFIX
+
+log = logging.getLogger(__name__)
+
+DELIVERIES = Counter(
+    "deskstream_chat_deliveries_total",
+    "Replies handled, by route and outcome (delivered, failed, retried)",
+    ["route", "outcome"],
+)
+RESULT_TYPE = "io.deskstream.command.delivery.v1"
+
+
+class Sender(Protocol):
+    async def send(self, reply: OutboundReply) -> str: ...
+
+
+@dataclass(frozen=True)
+class Backoff:
+    attempts: int
+    first_s: float
+    max_s: float
+
+
+def delivery_result(*, ticket_id: str, reply_id: str, delivered: bool, detail: str) -> OutRecord:
+    """The DeliveryResult command of a reply; its id is the reply's, so repeats change nothing."""
+    command = DeliveryResult(
+        command_id=event_id("chat-delivery", reply_id, "ok" if delivered else "failed"),
+        ticket_id=ticket_id,
+        reply_id=reply_id,
+        delivered=delivered,
+        detail=detail[:2000],
+    )
+    return OutRecord(
+        topic="",  # set by `report`, which knows the topic prefix
+        key=ticket_id,
+        value=command,
+        event_id=command.command_id,
+        event_type=RESULT_TYPE,
+    )
+
+
+async def report(publisher: Publisher, topics: Topics, results: Sequence[OutRecord]) -> None:
+    topic = topics.name("tickets.commands")
+    await publisher.publish_many(
+        [
+            OutRecord(topic, r.key, r.value, r.event_id, r.event_type, r.extra_headers)
+            for r in results
+        ]
+    )
+
+
+class Delivery:
+    def __init__(
+        self,
+        *,
+        publisher: Publisher,
+        topics: Topics,
+        senders: dict[str, Sender],
+        backoff: Backoff,
+        remember: int = 10_000,
+    ) -> None:
+        self.publisher = publisher
+        self.topics = topics
+        self.senders = senders
+        self.backoff = backoff
+        self._remember = remember
+        self._done: OrderedDict[str, OutRecord] = OrderedDict()
+
+    async def handle(self, records: list[Record]) -> None:
+        """The BatchRunner handler."""
+        good, bad = decode_all(records, OutboundReply)
+        pending = [
+            reply for _, reply in good if not reply.conversation_key.startswith(WEBCHAT_PREFIX)
+        ]
+        results = await asyncio.gather(*(self._deliver(reply) for reply in pending))
+        if results:
+            try:
+                await report(self.publisher, self.topics, results)
+            except Exception as exc:  # Kafka down: the batch comes again; sent ones are known
+                raise TransientError(f"delivery results not published: {exc!r}") from exc
+        if bad:
+            raise PoisonRecords(bad)
+
+    async def _deliver(self, reply: OutboundReply) -> OutRecord:
+        known = self._done.get(reply.reply_id)
+        if known is not None:
+            return known
+        route = reply.conversation_key.partition(":")[0]
+        sender = self.senders.get(route)
+        if sender is None:
+            result = self._result(
+                reply, delivered=False, detail=f"no delivery route for {route!r} conversations"
+            )
+            DELIVERIES.labels(route, "failed").inc()
+            return self._keep(reply, result)
+        delay = self.backoff.first_s
+        for attempt in range(1, self.backoff.attempts + 1):
+            try:
+                detail = await sender.send(reply)
+            except Permanent as exc:
+                DELIVERIES.labels(route, "failed").inc()
+                return self._keep(reply, self._result(reply, delivered=False, detail=str(exc)))
+            except Retryable as exc:
+                if attempt == self.backoff.attempts:
+                    DELIVERIES.labels(route, "failed").inc()
+                    detail = f"{exc} (gave up after {attempt} attempts)"
+                    return self._keep(reply, self._result(reply, delivered=False, detail=detail))
+                DELIVERIES.labels(route, "retried").inc()
+                wait = max(delay, min(exc.retry_after_s or 0, self.backoff.max_s))
+                log.warning(
+                    "reply not delivered yet; retrying",
+                    extra={"reply_id": reply.reply_id, "error": str(exc), "retry_in_s": wait},
+                )
+                await asyncio.sleep(wait)
+                delay = min(delay * 2, self.backoff.max_s)
+            else:
+                DELIVERIES.labels(route, "delivered").inc()
+                return self._keep(reply, self._result(reply, delivered=True, detail=detail))
+        raise AssertionError("unreachable")
+
+    @staticmethod
+    def _result(reply: OutboundReply, delivered: bool, detail: str) -> OutRecord:
+        return delivery_result(
+            ticket_id=reply.ticket_id, reply_id=reply.reply_id, delivered=delivered, detail=detail
+        )
+
+    def _keep(self, reply: OutboundReply, result: OutRecord) -> OutRecord:
+        self._done[reply.reply_id] = result
+        while len(self._done) > self._remember:
+            self._done.popitem(last=False)
+        return result
