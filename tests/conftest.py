@@ -87,6 +87,15 @@ def _listening(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
+def _process_alive(name: str) -> bool:
+    """Whether the infra process of `name` runs (a loaded one may not answer in time)."""
+    try:
+        os.kill(int((TEST_RUN_DIR / name / "pid").read_text()), 0)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
 def _docker_answers() -> bool:
     if shutil.which("docker") is None:
         return False
@@ -121,7 +130,11 @@ def infra() -> Iterator[Infra]:
     # Several test sessions may share the test infrastructure: stop only what this one
     # started.
     port_of = {"kafka": "KAFKA", "mongo": "MONGO", "imap": "IMAP", "smtp": "SMTP"}
-    started = [name for name in local if not _listening(TEST_PORTS[port_of[name]])]
+    started = [
+        name
+        for name in local
+        if not _listening(TEST_PORTS[port_of[name]]) and not _process_alive(name)
+    ]
     if started:
         infra_cmd("up", *started)
     try:
@@ -136,18 +149,40 @@ def infra() -> Iterator[Infra]:
             local_kafka="kafka" in local,
         )
     finally:
-        if started:
+        # `.run/test/keep-running`: a developer shares this infrastructure between parallel
+        # test sessions; whichever session happened to start it must not stop it.
+        if started and not (TEST_RUN_DIR / "keep-running").exists():
             infra_cmd("down", *started)
         for container in containers:
             container.stop()
 
 
 @pytest.fixture
-def topic_prefix(infra: Infra) -> str:
-    """A fresh prefix with every registry topic created under it."""
+def topic_prefix(infra: Infra) -> Iterator[str]:
+    """A fresh prefix with every registry topic created under it; deleted afterwards.
+
+    Deleting keeps a long-lived test broker light: thousands of leftover partitions make
+    its start-up and every topic creation slow.
+    """
     prefix = f"t{uuid.uuid4().hex[:10]}."
     ensure_topics(infra.kafka, prefix)
-    return prefix
+    yield prefix
+    _delete_topics(infra.kafka, prefix)
+
+
+def _delete_topics(bootstrap: str, prefix: str) -> None:
+    from kafka.admin import KafkaAdminClient
+
+    try:
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=30_000)
+        try:
+            mine = [t for t in admin.list_topics() if t.startswith(prefix)]
+            if mine:
+                admin.delete_topics(mine)
+        finally:
+            admin.close()
+    except Exception as exc:  # best effort: a leftover topic harms nothing but speed
+        print(f"could not delete the topics of {prefix}: {exc!r}")
 
 
 @pytest.fixture

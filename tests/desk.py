@@ -8,6 +8,7 @@ the way people do: mail into the mailbox, requests and agent actions over REST.
 from __future__ import annotations
 
 import importlib.util
+import os
 import subprocess
 import time
 import uuid
@@ -62,7 +63,7 @@ class Desk:
             IMAP_FOLDER=self.folder,
             INGEST_EMAIL_DESK_ADDRESSES=DESK_ADDRESSES,
             INGEST_EMAIL_POLL_INTERVAL_S="2",
-            LOG_LEVEL="WARNING",
+            LOG_LEVEL=os.environ.get("DESKSTREAM_TEST_SERVICE_LOG_LEVEL", "WARNING"),
         )
 
     def start(self, *names: str) -> None:

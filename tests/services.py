@@ -26,7 +26,7 @@ def start_service(name: str, env: dict[str, str], port: int, log: Path) -> subpr
     with open(log, "ab") as out:
         return subprocess.Popen(
             [str(BIN / f"deskstream-{name}")],
-            env={**env, f"{ENV_PREFIX[name]}_HTTP_PORT": str(port)},
+            env={**env, f"{ENV_PREFIX[name]}_HTTP_PORT": str(port), "PYTHONUNBUFFERED": "1"},
             stdout=out,
             stderr=subprocess.STDOUT,
             cwd=log.parent,  # whatever a service writes beside itself stays with the test

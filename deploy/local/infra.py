@@ -134,7 +134,10 @@ class Component:
         return RUN_DIR / self.name
 
     def up(self) -> None:
-        if _alive(self.dir) and self.ready():
+        if _alive(self.dir):
+            # Ours and running, perhaps slow to answer on a loaded machine: wait for it
+            # rather than start a second one that cannot bind the port.
+            wait_until(self.ready, self.name, self.timeout, self.dir)
             print(f"{self.name}: already up on 127.0.0.1:{self.port}")
             return
         if port_open(self.port):

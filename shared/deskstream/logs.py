@@ -36,6 +36,7 @@ def configure_logging(service: str, level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # Client libraries are chatty at INFO about every (re)connection.
+    # Client libraries are chatty at INFO about every (re)connection; DEBUG shows them too.
+    quiet = logging.DEBUG if root.level <= logging.DEBUG else logging.WARNING
     for noisy in ("aiokafka", "kafka", "pymongo", "faust", "mode", "uvicorn.access"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+        logging.getLogger(noisy).setLevel(max(quiet, root.level))

@@ -26,10 +26,13 @@ from deskstream.events import (
     TicketAssigned,
 )
 from deskstream.ids import event_id, ticket_id_for
+from deskstream_router.classify import Rules
 
 from tests.conftest import Infra, free_port
 from tests.kafka_helpers import Collector, publish, roster_reached
 from tests.services import start_service, stop_all, wait_status
+
+RULES_VERSION = Rules.load().version
 
 
 def email(
@@ -132,7 +135,7 @@ async def test_routing_filters_and_explains(
 
         created = commands(out.records, "create", tid)[0]
         assert (created["service_id"], created["team"]) == ("vpn", "network")
-        assert created["classification_rule"] == "vpn@v1"
+        assert created["classification_rule"] == f"vpn@v{RULES_VERSION}"
         assert assigned[0]["agent_id"] == "a4-right"
         why = {c["agent_id"]: c["filtered_by"] for c in assigned[0]["explanation"]["candidates"]}
         assert why == {

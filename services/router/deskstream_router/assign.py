@@ -2,9 +2,10 @@
 
 Filters in order (the first that fails names why an agent was passed over): presence
 (online only), skills (every required skill at its minimum level), channel capacity (the
-agent's cap for the ticket's channel), total capacity. Of those left, the least loaded
-wins (relative to the agent's total cap); ties go to the stronger skill match, then to the
-agent id, so a replay decides the same way.
+agent's cap for the ticket's channel), total capacity. Of those left, the channel's policy
+ranks: "least-load" takes the least loaded (relative to the agent's total cap), ties to the
+stronger skill match; "best-skill" takes the strongest skill match, ties to the lesser
+load. The agent id breaks what is left, so a replay decides the same way.
 """
 
 from __future__ import annotations
@@ -54,9 +55,11 @@ def decide(
     channel: Channel,
     required_skills: dict[str, int],
     candidates: list[Candidate],
+    rank: str = "least-load",
+    policy_rule: str = "",
 ) -> Decision:
     considered: list[dict[str, Any]] = []
-    qualified: list[tuple[tuple[float, int, str], Candidate]] = []
+    qualified: list[tuple[tuple[float, float, str], Candidate]] = []
     for c in sorted(candidates, key=lambda c: c.state.agent_id):
         removed_by = _filter(c, channel, required_skills)
         surplus = sum(c.state.skills.get(s, 0) - lvl for s, lvl in required_skills.items())
@@ -74,7 +77,8 @@ def decide(
         if removed_by is None:
             entry["score"] = round(1.0 - load_ratio, 4)
             entry["skill_surplus"] = surplus
-            qualified.append(((load_ratio, -surplus, c.state.agent_id), c))
+            key = (load_ratio, -surplus) if rank == "least-load" else (-surplus, load_ratio)
+            qualified.append(((*key, c.state.agent_id), c))
         considered.append(entry)
     winner = min(qualified, key=lambda q: q[0])[1].state.agent_id if qualified else None
     return Decision(
@@ -83,7 +87,8 @@ def decide(
             "ticket_id": ticket_id,
             "channel": channel.value,
             "required_skills": required_skills,
-            "policy": "online, skills, channel cap, total cap; then least load",
+            "policy": f"online, skills, channel cap, total cap; then {rank}",
+            "channel_rule": policy_rule,
             "candidates": considered,
             "winner": winner,
         },

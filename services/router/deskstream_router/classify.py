@@ -11,7 +11,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from deskstream.events import Channel, InboundMessage, ServiceEntry
+from deskstream.events import Channel, InboundMessage, ServiceEntry, Visibility
 
 DEFAULT_RULES = Path(__file__).resolve().parent / "rules" / "classification.toml"
 
@@ -23,6 +23,8 @@ class Rule:
     keywords: tuple[str, ...] = ()
     sender_domains: tuple[str, ...] = ()
     portal_service: bool = False
+    channels: tuple[Channel, ...] = ()
+    visibility: Visibility | None = None
     _pattern: re.Pattern[str] | None = field(default=None, compare=False, repr=False)
 
     @classmethod
@@ -39,6 +41,8 @@ class Rule:
             keywords=keywords,
             sender_domains=tuple(str(d).lower() for d in raw.get("sender_domains", [])),  # type: ignore[attr-defined]
             portal_service=bool(raw.get("portal_service", False)),
+            channels=tuple(Channel(c) for c in raw.get("channels", [])),  # type: ignore[attr-defined]
+            visibility=Visibility(str(raw["visibility"])) if raw.get("visibility") else None,
             _pattern=pattern,
         )
 
@@ -47,6 +51,12 @@ class Rule:
         if self.portal_service:
             ok = message.channel is Channel.PORTAL and message.service_hint
             return message.service_hint if ok else None
+        if self.channels and message.channel not in self.channels:
+            return None
+        if self.visibility is not None and message.visibility is not self.visibility:
+            return None
+        if not (self.sender_domains or self._pattern):
+            return self.service  # a rule on channel and visibility alone
         if self.sender_domains and message.sender.kind == "email":
             domain = message.sender.id.rsplit("@", 1)[-1].lower()
             if domain in self.sender_domains:
@@ -58,22 +68,51 @@ class Rule:
         return None
 
 
+RANKS = ("least-load", "best-skill")
+
+
+@dataclass(frozen=True)
+class ChannelPolicy:
+    """How a channel's tickets are ranked, queued and told about their wait."""
+
+    rule: str  # "channel:<name>@v<version>", named in every routing explanation
+    rank: str = "least-load"
+    queue_priority: int = 2
+    announce_position: bool = False
+    seconds_per_position: int = 0
+
+    def estimate_s(self, position: int) -> int | None:
+        return position * self.seconds_per_position if self.seconds_per_position else None
+
+
 @dataclass(frozen=True)
 class Rules:
     version: int
     default_service: str
     default_team: str
     rules: tuple[Rule, ...]
+    channels: dict[Channel, ChannelPolicy] = field(default_factory=dict)
 
     @classmethod
     def load(cls, path: Path = DEFAULT_RULES) -> Rules:
         raw = tomllib.loads(path.read_text())
+        version = int(raw["version"])
+        channels = {}
+        for name, policy in raw.get("channel", {}).items():
+            channel = Channel(name)  # an unknown channel name fails at start-up
+            if policy.get("rank", "least-load") not in RANKS:
+                raise ValueError(f"channel.{name}.rank must be one of {RANKS}")
+            channels[channel] = ChannelPolicy(rule=f"channel:{name}@v{version}", **policy)
         return cls(
-            version=int(raw["version"]),
+            version=version,
             default_service=str(raw["default_service"]),
             default_team=str(raw["default_team"]),
             rules=tuple(Rule.build(r) for r in raw.get("rule", [])),
+            channels=channels,
         )
+
+    def policy(self, channel: Channel) -> ChannelPolicy:
+        return self.channels.get(channel) or ChannelPolicy(rule=f"channel:default@v{self.version}")
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,10 @@ class AgentSnapshot(_Internal):
     team: str
     state: AgentState
     open_tickets: dict[str, Channel] = {}
+    # Grows with every snapshot of the agent. A worker that takes a partition over replays
+    # the records after the last committed offset on state that already saw them; an older
+    # snapshot must not then undo a newer one (it would hide open tickets and overfill).
+    seq: int = 0
 
 
 class AgentRemoved(_Internal):

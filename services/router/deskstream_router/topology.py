@@ -23,7 +23,9 @@ and the ticket-api ignores the repeats.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
+import time
 import weakref
 from collections import Counter
 from collections.abc import Iterable
@@ -39,6 +41,7 @@ from deskstream.events import (
     Channel,
     CreateTicket,
     InboundMessage,
+    Presence,
     QueueTicket,
     StatusChanged,
     TicketAssigned,
@@ -129,8 +132,10 @@ class Topology:
         self.conversations = app.Table("conversations", default=None, partitions=6)
         # agent id -> {"state", "open", "home"}; partitioned like agents.state
         self.ledger = app.Table("agent-ledger", default=None, partitions=3)
-        # team -> {"agents", "reserved", "queue", "placed"}; partitioned like routing.requests
+        # team -> {"agents", "reserved", "queue", "placed", "seq"}; like routing.requests
         self.teams = app.Table("teams", default=None, partitions=6)
+        # queued ticket id -> {"place", "position"}; written on its team's partition
+        self.queued = app.Table("queued", default=None, partitions=6)
 
         app.task(self.catalogue.run)
         app.agent(self.inbound, name="thread_and_classify")(self.thread_and_classify)
@@ -186,7 +191,41 @@ class Topology:
     async def _each(self, stream: Any, handle: Any) -> None:
         """Batches from `stream`; `handle(events)` gets each batch, poison goes to the DLQ."""
         async for events in stream.take_events(BATCH, within=WITHIN_S):
-            await handle(events)
+            try:
+                await handle(events)
+                # At least once: Faust commits a batch's offsets once the next batch is
+                # asked for, without waiting for what handling it sent. Waiting here for
+                # every send of the batch (commands, table changelogs, dead letters) keeps
+                # a crash from committing input whose effects never reached Kafka.
+                await self._flush()
+            except BaseException as exc:
+                # take_events acks the whole batch however its consumer leaves it (in its
+                # `finally`), also when the agent is cancelled in a rebalance. An extra
+                # reference keeps these offsets uncommitted, so the records come back.
+                for event in events:
+                    event.message.incref()
+                log.warning(
+                    "batch interrupted; its records stay unacknowledged",
+                    extra={"records": len(events), "error": repr(exc)[:300]},
+                )
+                raise
+
+    async def _flush(self) -> None:
+        """Wait until Kafka acknowledged everything sent so far, table changelogs included.
+
+        Table writes go through Faust's send buffer, whose own flush gives up after 0.1 s
+        without progress; so drain it until empty, let its sender hand the last record to
+        aiokafka, then wait for aiokafka's acks.
+        """
+        producer = self.app.producer
+        started = time.monotonic()
+        while producer.buffer.size:
+            await producer.buffer.flush()
+            if time.monotonic() - started > 30:
+                log.warning("send buffer not draining", extra={"size": producer.buffer.size})
+                started = time.monotonic()
+        await asyncio.sleep(0)
+        await producer.flush()
 
     # --- stage 1: threading and classification ---------------------------------------
 
@@ -196,7 +235,10 @@ class Topology:
     async def _thread_batch(self, events: list[EventT]) -> None:
         # Classify only on the whole catalogue. Waiting here, inside the iteration, and not
         # before it: an agent that has not started iterating holds up Faust's start-up.
+        if not self.catalogue.loaded.is_set():
+            log.info("waiting for the service catalogue", extra={"records": len(events)})
         await self.catalogue.loaded.wait()
+        log.debug("threading a batch", extra={"records": len(events)})
         creates: list[Any] = []
         placements: list[PlaceTicket] = []
         for event in events:
@@ -280,19 +322,21 @@ class Topology:
     # --- load from tickets.events ---------------------------------------------------------
 
     async def load_changes(self, stream: Any) -> None:
-        async for events in stream.take_events(BATCH, within=WITHIN_S):
-            for event in events:
-                try:
-                    for delta in self._deltas(TICKET_EVENT.validate_json(event.value)):
-                        await self._send(
-                            self.agent_load,
-                            delta.agent_id,
-                            delta,
-                            f"load:{delta.event_id}:{delta.agent_id}",
-                            "io.deskstream.routing.load.v1",
-                        )
-                except Exception as exc:
-                    await self._dead_letter(event, exc)
+        await self._each(stream, self._load_batch)
+
+    async def _load_batch(self, events: list[EventT]) -> None:
+        for event in events:
+            try:
+                for delta in self._deltas(TICKET_EVENT.validate_json(event.value)):
+                    await self._send(
+                        self.agent_load,
+                        delta.agent_id,
+                        delta,
+                        f"load:{delta.event_id}:{delta.agent_id}",
+                        "io.deskstream.routing.load.v1",
+                    )
+            except Exception as exc:
+                await self._dead_letter(event, exc)
 
     @staticmethod
     def _deltas(event: Any) -> Iterable[LoadDelta]:
@@ -326,47 +370,57 @@ class Topology:
     # --- the ledger: an agent's roster record and open tickets -------------------------
 
     async def agent_ledger(self, stream: Any) -> None:
-        async for events in stream.take_events(BATCH, within=WITHIN_S):
-            changed: dict[str, tuple[EventT, str | None]] = {}
-            for event in events:
-                _set_current(event)
-                try:
-                    agent_id, old_home = self._ledger_one(event)
-                    first_old = changed.get(agent_id, (event, old_home))[1]
-                    changed[agent_id] = (event, first_old)
-                except Exception as exc:
-                    await self._dead_letter(event, exc)
-            # One snapshot per changed agent per batch, not one per record.
-            for agent_id, (_, old_home) in changed.items():
-                entry = self.ledger.get(agent_id) or {}
-                home = entry.get("home")
-                if old_home and old_home != home:
-                    await self._send(
-                        self.requests,
-                        old_home,
-                        AgentRemoved(team=old_home, agent_id=agent_id),
-                        f"agent-removed:{agent_id}:{old_home}",
-                        "io.deskstream.routing.agent_removed.v1",
-                    )
-                if home and entry.get("state"):
-                    snap = AgentSnapshot(
-                        team=home,
-                        state=AgentState.model_validate(entry["state"]),
-                        open_tickets=entry["open"],
-                    )
-                    await self._send(
-                        self.requests,
-                        home,
-                        snap,
-                        f"agent:{agent_id}",
-                        "io.deskstream.routing.agent.v1",
-                    )
+        await self._each(stream, self._ledger_batch)
 
-    def _ledger_one(self, event: EventT) -> tuple[str, str | None]:
+    async def _ledger_batch(self, events: list[EventT]) -> None:
+        # agent id -> (its last event, its entry now, its home team before the batch)
+        changed: dict[str, tuple[EventT, dict[str, Any], str | None]] = {}
+        for event in events:
+            try:
+                agent_id, entry, old_home = self._ledger_one(event, changed)
+                first_old = changed[agent_id][2] if agent_id in changed else old_home
+                changed[agent_id] = (event, entry, first_old)
+            except Exception as exc:
+                await self._dead_letter(event, exc)
+        # One snapshot per changed agent per batch, not one per record.
+        for agent_id, (_, entry, old_home) in changed.items():
+            home = entry.get("home")
+            if old_home and old_home != home:
+                await self._send(
+                    self.requests,
+                    old_home,
+                    AgentRemoved(team=old_home, agent_id=agent_id),
+                    f"agent-removed:{agent_id}:{old_home}",
+                    "io.deskstream.routing.agent_removed.v1",
+                )
+            if home and entry.get("state"):
+                entry["seq"] = entry.get("seq", 0) + 1
+                snap = AgentSnapshot(
+                    team=home,
+                    state=AgentState.model_validate(entry["state"]),
+                    open_tickets=entry["open"],
+                    seq=entry["seq"],
+                )
+                await self._send(
+                    self.requests,
+                    home,
+                    snap,
+                    f"agent:{agent_id}",
+                    "io.deskstream.routing.agent.v1",
+                )
+        # Snapshots first, then the ledger that produced them (see _assign_batch).
+        await self._flush()
+        for agent_id, (event, entry, _) in changed.items():
+            _set_current(event)
+            self.ledger[agent_id] = entry
+
+    def _ledger_one(
+        self, event: EventT, pending: dict[str, tuple[EventT, dict[str, Any], str | None]]
+    ) -> tuple[str, dict[str, Any], str | None]:
         if not isinstance(event.key, bytes):
             raise ValueError("a roster or load record needs the agent id as its key")
         key = event.key.decode()
-        stored = self.ledger.get(key)
+        stored = pending[key][1] if key in pending else self.ledger.get(key)
         entry = dict(stored) if stored else {"state": None, "open": {}, "home": None}
         old_home = entry["home"]
         if event.message.topic == self.settings.topics.name("agents.state"):
@@ -387,68 +441,70 @@ class Topology:
             else:
                 opened.pop(delta.ticket_id, None)
             entry["open"] = opened
-        self.ledger[agent_id] = entry
-        return agent_id, old_home
+        return agent_id, entry, old_home
 
     # --- stage 2: assignment per team ---------------------------------------------------
 
     async def assign(self, stream: Any) -> None:
-        async for events in stream.take_events(BATCH, within=WITHIN_S):
-            teams: dict[str, tuple[EventT, dict[str, Any]]] = {}
-            for event in events:
-                try:
-                    item = ROUTING_INPUT.validate_json(event.value)
-                    _, state = teams.get(item.team) or (event, self._team(item.team))
-                    await self._assign_one(item, state, event)
-                    teams[item.team] = (event, state)
-                except Exception as exc:
-                    await self._dead_letter(event, exc)
-            # One table write per team per batch (the team's last event names the partition).
-            for team, (event, state) in teams.items():
-                _set_current(event)
-                self.teams[team] = state
+        await self._each(stream, self._assign_batch)
 
-    def _team(self, team: str) -> dict[str, Any]:
-        stored = self.teams.get(team)
-        if stored is None:
-            return {"agents": {}, "reserved": {}, "queue": [], "placed": {}}
-        return {k: (dict(v) if isinstance(v, dict) else list(v)) for k, v in stored.items()}
+    async def _assign_batch(self, events: list[EventT]) -> None:
+        teams: dict[str, tuple[EventT, TeamState]] = {}
+        for event in events:
+            try:
+                item = ROUTING_INPUT.validate_json(event.value)
+                _, team = teams.get(item.team) or (event, self._team(item.team))
+                await self._assign_one(item, team, event)
+                teams[item.team] = (event, team)
+            except Exception as exc:
+                await self._dead_letter(event, exc)
+        if not teams:
+            return
+        # The batch's commands reach Kafka before the state that records them. A crash in
+        # between replays the batch from the old state, so the same decisions come out with
+        # the same command ids; the other order could record an assignment never sent.
+        await self._flush()
+        # One table write per team per batch (the team's last event names the partition),
+        # and one per queued ticket that joined or left the queue.
+        for team_id, (event, team) in teams.items():
+            _set_current(event)
+            self.teams[team_id] = team.state
+            for ticket_id, detail in team.changed.items():
+                if detail is None:
+                    self.queued.pop(ticket_id, None)
+                else:
+                    self.queued[ticket_id] = detail
 
-    async def _assign_one(self, item: Any, state: dict[str, Any], event: EventT) -> None:
+    def _team(self, team: str) -> TeamState:
+        return TeamState(self.teams.get(team), self.queued)
+
+    async def _assign_one(self, item: Any, team: TeamState, event: EventT) -> None:
         now_ms = int((event.message.timestamp or 0) * 1000)
+        st = team.state
         if isinstance(item, PlaceTicket):
-            placed = state["placed"].get(item.ticket_id)
+            placed = st["placed"].get(item.ticket_id)
             if placed is not None:
-                await self._replay_placement(item, placed, state)
+                await self._replay_placement(item, placed)
                 return
-            if not await self._try_assign(item, state, now_ms):
-                state["queue"] = [*state["queue"], item.model_dump(mode="json")]
-                state["placed"][item.ticket_id] = "queued"
-                self._trim(state)
-                await self._command(
-                    QueueTicket(
-                        command_id=f"route:{item.ticket_id}:queue:{len(state['queue'])}",
-                        ticket_id=item.ticket_id,
-                        team=item.team,
-                        position=len(state["queue"]),
-                        explanation=state.pop("_last_explanation", {}),
-                    )
-                )
+            if not await self._try_assign(item, team, now_ms):
+                await self._enqueue(item, team)
             return
         if isinstance(item, AgentSnapshot):
-            state["agents"][item.state.agent_id] = {
+            known = st["agents"].get(item.state.agent_id)
+            if known is not None and known.get("seq", 0) >= item.seq:
+                return  # replayed after a takeover: the team has seen newer
+            st["agents"][item.state.agent_id] = {
                 "state": item.state.model_dump(mode="json"),
                 "open": dict(item.open_tickets),
+                "seq": item.seq,
             }
         elif isinstance(item, AgentRemoved):
-            state["agents"].pop(item.agent_id, None)
-        self._settle_reservations(state, now_ms)
-        await self._drain(state, now_ms)
+            st["agents"].pop(item.agent_id, None)
+        self._settle_reservations(st, now_ms)
+        await self._drain(team, now_ms)
 
-    async def _replay_placement(
-        self, item: PlaceTicket, placed: str, state: dict[str, Any]
-    ) -> None:
-        # A redelivered request: answer as before, so a command lost in a crash is re-sent.
+    async def _replay_placement(self, item: PlaceTicket, placed: str) -> None:
+        # A redelivered request: answer as before (the ticket-api ignores the repeat).
         if placed == "queued":
             return
         await self._command(
@@ -461,22 +517,25 @@ class Topology:
             )
         )
 
-    def _candidates(self, state: dict[str, Any]) -> list[Candidate]:
+    def _candidates(self, st: dict[str, Any]) -> list[Candidate]:
         reserved_by: dict[str, Counter[str]] = {}
-        for r in state["reserved"].values():
+        for r in st["reserved"].values():
             reserved_by.setdefault(r["agent"], Counter())[r["channel"]] += 1
         out = []
-        for agent_id, a in state["agents"].items():
+        for agent_id, a in st["agents"].items():
             load = Counter(a["open"].values()) + reserved_by.get(agent_id, Counter())
             out.append(Candidate(AgentState.model_validate(a["state"]), load))
         return out
 
-    async def _try_assign(self, item: PlaceTicket, state: dict[str, Any], now_ms: int) -> bool:
+    async def _try_assign(self, item: PlaceTicket, team: TeamState, now_ms: int) -> bool:
+        policy = self.rules.policy(item.channel)
         decision = decide(
             ticket_id=item.ticket_id,
             channel=item.channel,
             required_skills=item.required_skills,
-            candidates=self._candidates(state),
+            candidates=self._candidates(team.state),
+            rank=policy.rank,
+            policy_rule=policy.rule,
         )
         decision.explanation.update(
             service_id=item.service_id,
@@ -485,15 +544,16 @@ class Topology:
             criticality=item.criticality,
         )
         if decision.agent_id is None:
-            state["_last_explanation"] = decision.explanation
+            team.last_explanation = decision.explanation
             return False
-        state["reserved"][item.ticket_id] = {
+        st = team.state
+        st["reserved"][item.ticket_id] = {
             "agent": decision.agent_id,
             "channel": item.channel.value,
             "at": now_ms,
         }
-        state["placed"][item.ticket_id] = decision.agent_id
-        self._trim(state)
+        st["placed"][item.ticket_id] = decision.agent_id
+        self._trim(st)
         await self._command(
             AssignTicket(
                 command_id=f"route:{item.ticket_id}:assign:{decision.agent_id}",
@@ -505,33 +565,127 @@ class Topology:
         )
         return True
 
+    async def _enqueue(self, item: PlaceTicket, team: TeamState) -> None:
+        """The ticket waits: in order of channel priority, criticality and age."""
+        st = team.state
+        entry = [
+            self.rules.policy(item.channel).queue_priority,
+            CRITICALITY_RANK.get(item.criticality, 9),
+            item.created_at.isoformat(),
+            item.ticket_id,
+            item.channel.value,
+        ]
+        bisect.insort(st["queue"], entry)
+        st["placed"][item.ticket_id] = "queued"
+        self._trim(st)
+        team.changed[item.ticket_id] = {"place": item.model_dump(mode="json"), "position": 0}
+        position = sum(1 for e in st["queue"] if e[4] == entry[4] and e <= entry)
+        await self._announce(team, item.ticket_id, position, team.last_explanation)
+        team.last_explanation = {}
+        await self._announce_positions(team)
+
+    async def _announce(
+        self, team: TeamState, ticket_id: str, position: int, explanation: dict[str, Any]
+    ) -> None:
+        """Tell the ticket-api the ticket's place in its channel's queue, when it changed."""
+        detail = team.detail(ticket_id)
+        if detail is None or detail["position"] == position:
+            return
+        place = PlaceTicket.model_validate(detail["place"])
+        team.changed[ticket_id] = {**detail, "position": position}
+        st = team.state
+        st["seq"] = st.get("seq", 0) + 1
+        await self._command(
+            QueueTicket(
+                command_id=f"route:{ticket_id}:queue:{st['seq']}",
+                ticket_id=ticket_id,
+                team=place.team,
+                position=position,
+                estimated_wait_s=self.rules.policy(place.channel).estimate_s(position),
+                explanation=explanation,
+            )
+        )
+
+    async def _announce_positions(self, team: TeamState) -> None:
+        """Channels that show the wait (chat) hear of every move in their queue."""
+        positions: Counter[str] = Counter()
+        for entry in team.state["queue"]:
+            channel = Channel(entry[4])
+            positions[channel.value] += 1
+            if self.rules.policy(channel).announce_position:
+                await self._announce(team, entry[3], positions[channel.value], {"moved": True})
+
     @staticmethod
-    def _settle_reservations(state: dict[str, Any], now_ms: int) -> None:
+    def _settle_reservations(st: dict[str, Any], now_ms: int) -> None:
         """Drop reservations the roster now confirms, or that waited too long."""
-        confirmed = {t for a in state["agents"].values() for t in a["open"]}
-        state["reserved"] = {
+        confirmed = {t for a in st["agents"].values() for t in a["open"]}
+        st["reserved"] = {
             t: r
-            for t, r in state["reserved"].items()
+            for t, r in st["reserved"].items()
             if t not in confirmed and now_ms - r["at"] < RESERVATION_TTL_MS
         }
 
-    async def _drain(self, state: dict[str, Any], now_ms: int) -> None:
-        """Offer queued tickets, most critical and oldest first, to the capacity now free."""
-        if not state["queue"]:
+    def _free_channels(self, st: dict[str, Any]) -> set[str]:
+        """Channels on which some online agent of the team has a free slot right now."""
+        free: set[str] = set()
+        for c in self._candidates(st):
+            cap = c.state.capacity
+            if c.state.presence is Presence.ONLINE and c.total < cap.total:
+                free.update(ch.value for ch in Channel if c.load[ch.value] < getattr(cap, ch.value))
+        return free
+
+    async def _drain(self, team: TeamState, now_ms: int) -> None:
+        """Offer queued tickets, in queue order, to the capacity now free."""
+        st = team.state
+        if not st["queue"]:
             return
-        queue = sorted(
-            (PlaceTicket.model_validate(q) for q in state["queue"]),
-            key=lambda p: (CRITICALITY_RANK.get(p.criticality, 9), p.created_at, p.ticket_id),
-        )
+        free = self._free_channels(st)
         waiting = []
-        for item in queue:
-            if not await self._try_assign(item, state, now_ms):
-                waiting.append(item.model_dump(mode="json"))
-        state.pop("_last_explanation", None)
-        state["queue"] = waiting
+        for entry in st["queue"]:
+            detail = team.detail(entry[3]) if entry[4] in free else None
+            if detail is None:  # no slot on its channel: it keeps its place, untouched
+                waiting.append(entry)
+                continue
+            if await self._try_assign(PlaceTicket.model_validate(detail["place"]), team, now_ms):
+                team.changed[entry[3]] = None
+                free = self._free_channels(st)
+            else:
+                waiting.append(entry)
+        team.last_explanation = {}
+        st["queue"] = waiting
+        await self._announce_positions(team)
 
     @staticmethod
-    def _trim(state: dict[str, Any]) -> None:
-        placed = state["placed"]
+    def _trim(st: dict[str, Any]) -> None:
+        placed = st["placed"]
         if len(placed) > PLACED_MEMORY:
-            state["placed"] = dict(list(placed.items())[-PLACED_MEMORY:])
+            st["placed"] = dict(list(placed.items())[-PLACED_MEMORY:])
+
+
+class TeamState:
+    """A team's routing state while one batch is decided.
+
+    `state` is the `teams` table value: the agents' snapshots, reservations, recent
+    placements, and the queue as small sort entries [channel priority, criticality rank,
+    created, ticket id, channel]. Each queued ticket's details live under its own key in
+    the `queued` table, so a long queue never makes one oversized changelog record.
+    """
+
+    def __init__(self, stored: dict[str, Any] | None, queued: Any) -> None:
+        stored = stored or {}
+        self.state: dict[str, Any] = {
+            "agents": dict(stored.get("agents", {})),
+            "reserved": dict(stored.get("reserved", {})),
+            "queue": [list(e) for e in stored.get("queue", [])],
+            "placed": dict(stored.get("placed", {})),
+            "seq": int(stored.get("seq", 0)),
+        }
+        self._queued = queued
+        self.changed: dict[str, dict[str, Any] | None] = {}  # written after the batch
+        self.last_explanation: dict[str, Any] = {}
+
+    def detail(self, ticket_id: str) -> dict[str, Any] | None:
+        if ticket_id in self.changed:
+            return self.changed[ticket_id]
+        stored = self._queued.get(ticket_id)
+        return dict(stored) if stored is not None else None
