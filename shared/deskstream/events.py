@@ -230,8 +230,18 @@ class StatusChanged(_TicketEvent):
     channel: Channel
 
 
+class ReplyDelivered(_TicketEvent):
+    """A channel service's report on an agent's reply: delivered, or failed and why."""
+
+    type: Literal["delivery"] = "delivery"
+    reply_id: Id
+    channel: Channel
+    delivered: bool
+    detail: Annotated[str, Field(max_length=2000)] = ""
+
+
 TicketEvent = Annotated[
-    TicketCreated | MessageAdded | TicketAssigned | TicketQueued | StatusChanged,
+    TicketCreated | MessageAdded | TicketAssigned | TicketQueued | StatusChanged | ReplyDelivered,
     Field(discriminator="type"),
 ]
 TICKET_EVENT = TypeAdapter[Any](TicketEvent)

@@ -25,7 +25,10 @@ class WeakSecretError(ValueError):
 
 
 class ServiceSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="DESKSTREAM_", extra="ignore", frozen=True)
+    # An empty variable counts as unset (compose passes `${VAR:-}` for optional settings).
+    model_config = SettingsConfigDict(
+        env_prefix="DESKSTREAM_", extra="ignore", frozen=True, env_ignore_empty=True
+    )
 
     service_name: str = "deskstream"
     kafka_bootstrap_servers: str = Field(

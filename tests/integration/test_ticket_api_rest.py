@@ -12,6 +12,7 @@ from deskstream.events import (
     TICKET_EVENT,
     AgentState,
     Channel,
+    DeliveryResult,
     InboundMessage,
     OutboundReply,
     ServiceEntry,
@@ -634,6 +635,29 @@ async def test_messages_replies_notes_and_explanation(
         )
         assert out.in_reply_to == message.event_id
         assert outbound[0].key == message.conversation_key.encode()
+
+        # The channel service reports back: the reply shows it, and tickets.events says so.
+        report = DeliveryResult(
+            command_id=f"delivery:{out.reply_id}",
+            ticket_id=ticket_id,
+            reply_id=out.reply_id,
+            delivered=False,
+            detail="550 mailbox unavailable",
+        )
+        assert await api.apply(report, report) == {}
+        shown = (await c.get(f"/v1/tickets/{ticket_id}/messages", headers=alice)).json()
+        statuses = {m["message_id"]: m["delivery"] for m in shown["items"]}
+        assert statuses[out.reply_id]["status"] == "failed"
+        assert statuses[out.reply_id]["detail"] == "550 mailbox unavailable"
+        records = await read_topic(infra, events_topic, until=lambda rs: len(rs) >= 7)
+        reports = [
+            e
+            for e in (TICKET_EVENT.validate_json(r.value) for r in records)
+            if e.type == "delivery"
+        ]
+        assert [(e.reply_id, e.delivered, e.channel) for e in reports] == [
+            (out.reply_id, False, Channel.EMAIL)
+        ]
 
 
 async def test_portal_request_is_published_to_inbound_portal(api: Api) -> None:

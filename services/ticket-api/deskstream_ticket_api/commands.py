@@ -31,6 +31,7 @@ from deskstream.events import (
     DeliveryResult,
     InboundMessage,
     QueueTicket,
+    ReplyDelivered,
     TicketQueued,
     TicketStatus,
 )
@@ -248,6 +249,18 @@ def _delivery(plan: Plan, command: DeliveryResult) -> None:
             },
         )
     )
+    ticket = plan.ticket(command)
+    delivered = ReplyDelivered(
+        event_id=f"{command.command_id}:delivery",
+        ticket_id=command.ticket_id,
+        occurred_at=command.issued_at,
+        caused_by=command.command_id,
+        reply_id=command.reply_id,
+        channel=Channel(ticket["channel"]),
+        delivered=command.delivered,
+        detail=command.detail,
+    )
+    plan.emit(ticket, [delivered])
 
 
 # A dispatch table: a new command type is one function here, not another branch.
