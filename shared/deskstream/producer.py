@@ -9,7 +9,8 @@ whose client library is blocking.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+import threading
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -117,3 +118,28 @@ def sync_producer(settings: ServiceSettings) -> KafkaProducer:
         linger_ms=settings.kafka_linger_ms,
         retries=2**31 - 1,
     )
+
+
+class ProducerHolder:
+    """One thread-safe synchronous producer shared by a service's worker threads.
+
+    Made on first use, so a worker started while Kafka is down backs off and retries
+    instead of the whole service failing at start.
+    """
+
+    def __init__(self, factory: Callable[[], KafkaProducer]) -> None:
+        self._factory = factory
+        self._producer: KafkaProducer | None = None
+        self._lock = threading.Lock()
+
+    def get(self) -> KafkaProducer:
+        with self._lock:
+            if self._producer is None:
+                self._producer = self._factory()
+            return self._producer
+
+    def close(self, timeout_s: float = 10) -> None:
+        with self._lock:
+            if self._producer is not None:
+                self._producer.close(timeout_s)
+                self._producer = None

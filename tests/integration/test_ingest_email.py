@@ -31,11 +31,11 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 from deskstream.events import DeadLetter, InboundMessage
 from deskstream.ids import event_id
-from deskstream.producer import sync_producer
+from deskstream.producer import ProducerHolder, sync_producer
 from deskstream_ingest_email.classify import ClassifyContext
 from deskstream_ingest_email.normalise import NormaliseConfig
 from deskstream_ingest_email.parse import normalise_message_id
-from deskstream_ingest_email.publish import BatchPublisher, ProducerHolder
+from deskstream_ingest_email.publish import BatchPublisher
 from deskstream_ingest_email.settings import IngestEmailSettings, Mailbox
 from deskstream_ingest_email.store import MailboxStore
 from deskstream_ingest_email.worker import MailboxWorker

@@ -16,14 +16,14 @@ from functools import partial
 from typing import Any
 
 from deskstream.health import KafkaProbe, Readiness
-from deskstream.producer import sync_producer
+from deskstream.producer import ProducerHolder, sync_producer
 from deskstream.service import run_worker
 from pymongo import MongoClient
 
 from deskstream_ingest_email.classify import ClassifyContext
 from deskstream_ingest_email.normalise import NormaliseConfig
 from deskstream_ingest_email.outbound import ReplyService
-from deskstream_ingest_email.publish import BatchPublisher, ProducerHolder
+from deskstream_ingest_email.publish import BatchPublisher
 from deskstream_ingest_email.settings import IngestEmailSettings, Mailbox
 from deskstream_ingest_email.smtp_send import probe
 from deskstream_ingest_email.store import MailboxStore

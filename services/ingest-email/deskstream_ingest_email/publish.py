@@ -7,21 +7,20 @@ logged), because nothing downstream may act on it and the raw mail stays in the 
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from deskstream.cloudevents import Headers, ce_headers
 from deskstream.events import Channel
 from deskstream.events import DeadLetter as DeadLetterRecord
-from deskstream.producer import encode
+from deskstream.producer import ProducerHolder, encode
 from deskstream.topics import Topics
 
 from deskstream_ingest_email.normalise import EVENT_TYPE, DeadLetter, MailSource, Outcome, Publish
 
 if TYPE_CHECKING:
-    from kafka import KafkaProducer
+    pass
 
 STAGE = "ingest-email"
 DEADLETTER_TYPE = "io.deskstream.deadletter.v1"
@@ -40,31 +39,6 @@ class Fetched:
     source: MailSource
     raw: bytes
     outcome: Outcome
-
-
-class ProducerHolder:
-    """One thread-safe producer for every mailbox worker, made on first use.
-
-    Made lazily so a worker started while Kafka is down backs off and retries instead of
-    the whole service failing at start.
-    """
-
-    def __init__(self, factory: Callable[[], KafkaProducer]) -> None:
-        self._factory = factory
-        self._producer: KafkaProducer | None = None
-        self._lock = threading.Lock()
-
-    def get(self) -> KafkaProducer:
-        with self._lock:
-            if self._producer is None:
-                self._producer = self._factory()
-            return self._producer
-
-    def close(self, timeout_s: float = 10) -> None:
-        with self._lock:
-            if self._producer is not None:
-                self._producer.close(timeout_s)
-                self._producer = None
 
 
 class BatchPublisher:

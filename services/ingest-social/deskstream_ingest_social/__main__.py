@@ -20,7 +20,7 @@ from deskstream.events import Channel
 from deskstream.health import KafkaProbe, Readiness
 from deskstream.lease import LeaseStore
 from deskstream.lifecycle import start_with_retry
-from deskstream.producer import Publisher, sync_producer
+from deskstream.producer import ProducerHolder, Publisher, sync_producer
 from deskstream.runner import BatchRunner
 from deskstream.service import run_worker
 from pymongo import MongoClient
@@ -28,7 +28,7 @@ from pymongo.errors import PyMongoError
 
 from deskstream_ingest_social.delivery import Replier
 from deskstream_ingest_social.poller import ENDPOINT, AccountPoller
-from deskstream_ingest_social.publish import STAGE, PagePublisher, ProducerHolder
+from deskstream_ingest_social.publish import STAGE, PagePublisher
 from deskstream_ingest_social.settings import IngestSocialSettings
 from deskstream_ingest_social.state import XState
 from deskstream_ingest_social.xclient import make_client

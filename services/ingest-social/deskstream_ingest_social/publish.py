@@ -7,20 +7,19 @@ The poller's client is blocking, so this uses the shared synchronous producer.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from deskstream.cloudevents import Headers, ce_headers
 from deskstream.events import Channel
 from deskstream.events import DeadLetter as DeadLetterRecord
-from deskstream.producer import encode
+from deskstream.producer import ProducerHolder, encode
 from deskstream.topics import Topics
 
 from deskstream_ingest_social.normalise import EVENT_TYPE, Outcome, Publish, Reject
 
 if TYPE_CHECKING:
-    from kafka import KafkaProducer
+    pass
 
 STAGE = "ingest-social"
 DEADLETTER_TYPE = "io.deskstream.deadletter.v1"
@@ -28,27 +27,6 @@ DEADLETTER_TYPE = "io.deskstream.deadletter.v1"
 
 class PublishFailed(Exception):
     """Kafka did not acknowledge every record; the checkpoint must not move."""
-
-
-class ProducerHolder:
-    """One thread-safe producer, made on first use (so a Kafka outage at start is retried)."""
-
-    def __init__(self, factory: Callable[[], KafkaProducer]) -> None:
-        self._factory = factory
-        self._producer: KafkaProducer | None = None
-        self._lock = threading.Lock()
-
-    def get(self) -> KafkaProducer:
-        with self._lock:
-            if self._producer is None:
-                self._producer = self._factory()
-            return self._producer
-
-    def close(self, timeout_s: float = 10) -> None:
-        with self._lock:
-            if self._producer is not None:
-                self._producer.close(timeout_s)
-                self._producer = None
 
 
 class PagePublisher:
