@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -17,11 +18,13 @@ from typing import Any
 import httpx
 import pytest
 import websockets
+from deskstream_ingest_chat.signing import webhook_signature, webhook_valid
 from playwright.async_api import Page, async_playwright, expect
 
 from tests import slackapi
 from tests.conftest import Infra
 from tests.desk import Desk
+from tests.integration.test_ingest_chat import WEBHOOK_SECRET, ToolEndpoint
 
 pytestmark = pytest.mark.timeout(420)
 
@@ -42,6 +45,7 @@ SUPPORT = "C0SUPPORT01"
 
 class ChatDesk(Desk):
     slack: slackapi.SlackApi
+    tool: ToolEndpoint
 
     def env(self) -> dict[str, str]:
         return {
@@ -51,6 +55,8 @@ class ChatDesk(Desk):
             "INGEST_CHAT_SLACK_BOT_TOKEN": BOT_TOKEN,
             "INGEST_CHAT_SLACK_API_BASE_URL": self.slack.base_url,
             "INGEST_CHAT_SLACK_CHANNELS": SUPPORT,
+            "INGEST_CHAT_WEBHOOK_SECRET": WEBHOOK_SECRET,
+            "INGEST_CHAT_WEBHOOK_REPLY_URL": self.tool.url,
         }
 
     @property
@@ -65,6 +71,8 @@ async def desk(
     desk = ChatDesk(infra, topic_prefix, mongo_db.name, tmp_path)
     desk.slack = slackapi.SlackApi(token=BOT_TOKEN, channels={SUPPORT})
     await desk.slack.start()
+    desk.tool = ToolEndpoint()
+    await desk.tool.start()
     try:
         await asyncio.to_thread(desk.start, "ticket-api", "router", "ingest-chat")
         await desk.load_demo_org()
@@ -72,6 +80,7 @@ async def desk(
     finally:
         await asyncio.to_thread(desk.stop)
         await desk.slack.stop()
+        await desk.tool.stop()
 
 
 @pytest.fixture
@@ -252,3 +261,55 @@ async def test_slack_thread_becomes_a_ticket_and_the_agent_answers_in_the_thread
     assert (await _until(delivered, "delivery reported"))["delivery"]["status"] == "delivered"
     inbound = [m for m in desk.messages(ticket["ticket_id"]) if m["kind"] == "inbound"]
     assert len(inbound) == 1
+
+
+async def test_a_webhook_message_becomes_a_ticket_and_the_reply_goes_back_signed(
+    desk: ChatDesk,
+) -> None:
+    body = json.dumps(
+        {
+            "source": "mattermost",
+            "message_id": "m-e2e-1",
+            "conversation_id": "town-square/e2e",
+            "sender": {"id": "u-42", "name": "Li Wei", "handle": "liwei"},
+            "text": "The printer on the 3rd floor jams on every page",
+        }
+    ).encode()
+    ts = str(int(time.time()))
+    headers = {
+        "Content-Type": "application/json",
+        "X-Deskstream-Timestamp": ts,
+        "X-Deskstream-Signature": webhook_signature(secret=WEBHOOK_SECRET, body=body, timestamp=ts),
+    }
+    url = f"http://127.0.0.1:{desk.ports['ingest-chat']}/webhooks/chat"
+    async with httpx.AsyncClient(timeout=30) as http:
+        resp = await http.post(url, content=body, headers=headers)
+        assert resp.status_code == 202, resp.text
+
+    # Printing needs the hardware skill: the field team's Dev gets it.
+    ticket = await _wait_ticket(desk, lambda t: t["assignee"] is not None)
+    assert (ticket["service_id"], ticket["assignee"]) == ("printing", "dev")
+    with desk.client() as api:
+        resp = api.post(
+            f"/v1/tickets/{ticket['ticket_id']}/messages",
+            json={"text": "Which printer exactly? The label on its front, please."},
+        )
+        assert resp.status_code == 201, resp.text
+        reply_id = resp.json()["message_id"]
+
+    [(sent_headers, sent_body)] = await _until(lambda: desk.tool.received, "the reply reached")
+    assert webhook_valid(
+        secret=WEBHOOK_SECRET,
+        body=sent_body,
+        timestamp=sent_headers["X-Deskstream-Timestamp"],
+        signature=sent_headers["X-Deskstream-Signature"],
+    )
+    sent = json.loads(sent_body)
+    assert (sent["conversation_id"], sent["ticket_id"]) == ("town-square/e2e", ticket["ticket_id"])
+    assert sent["text"] == "Which printer exactly? The label on its front, please."
+
+    def delivered() -> dict[str, Any] | None:
+        reply = next(m for m in desk.messages(ticket["ticket_id"]) if m["message_id"] == reply_id)
+        return reply if (reply.get("delivery") or {}).get("status") == "delivered" else None
+
+    assert await _until(delivered, "delivery reported")
