@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -18,11 +18,28 @@ from aiokafka import AIOKafkaProducer
 from pydantic import BaseModel
 
 from deskstream.cloudevents import Headers, ce_headers
+from deskstream.events import (
+    AppendMessage,
+    AssignTicket,
+    CreateTicket,
+    DeflectTicket,
+    DeliveryResult,
+    QueueTicket,
+)
 
 if TYPE_CHECKING:
     from kafka import KafkaProducer
 
     from deskstream.settings import ServiceSettings
+
+
+AnyCommand = (
+    CreateTicket | AppendMessage | AssignTicket | QueueTicket | DeflectTicket | DeliveryResult
+)
+
+
+class PublishFailed(Exception):
+    """Kafka did not acknowledge every record; the source must not be acknowledged."""
 
 
 def encode(model: BaseModel) -> bytes:
@@ -143,3 +160,42 @@ class ProducerHolder:
             if self._producer is not None:
                 self._producer.close(timeout_s)
                 self._producer = None
+
+    def send_all(
+        self, records: Sequence[tuple[str, bytes | None, bytes, Headers]], timeout_s: float
+    ) -> None:
+        """Send (topic, key, value, headers) records; return once Kafka acknowledged them all.
+
+        One flush for the whole batch. Raises `PublishFailed` when any record was not
+        acknowledged, so the caller acknowledges nothing at its source.
+        """
+        if not records:
+            return
+        try:
+            producer = self.get()
+            futures = [
+                producer.send(topic, key=key, value=value, headers=headers)
+                for topic, key, value, headers in records
+            ]
+            producer.flush(timeout=timeout_s)
+        except Exception as exc:  # no broker, a timeout: the batch is sent again as a whole
+            raise PublishFailed(f"batch not published: {exc!r}") from exc
+        failed = [f for f in futures if not f.is_done or f.failed()]
+        if failed:
+            first: Any = failed[0].exception if failed[0].is_done else "not acknowledged"
+            raise PublishFailed(f"{len(failed)} of {len(futures)} records failed: {first!r}")
+
+
+def command_event_type(command: AnyCommand) -> str:
+    return f"io.deskstream.command.{command.type}.v1"
+
+
+def command_record(commands_topic: str, command: AnyCommand) -> OutRecord:
+    """A ticket command for `tickets.commands`: keyed by its ticket, its id the event id."""
+    return OutRecord(
+        topic=commands_topic,
+        key=command.ticket_id,
+        value=command,
+        event_id=command.command_id,
+        event_type=command_event_type(command),
+    )

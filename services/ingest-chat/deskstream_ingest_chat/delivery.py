@@ -25,7 +25,7 @@ from typing import Protocol
 
 from deskstream.events import DeliveryResult, OutboundReply
 from deskstream.ids import event_id
-from deskstream.producer import OutRecord, Publisher
+from deskstream.producer import Publisher, command_record
 from deskstream.runner import PoisonRecords, Record, TransientError, decode_all
 from deskstream.topics import Topics
 from prometheus_client import Counter
@@ -40,7 +40,6 @@ DELIVERIES = Counter(
     "Replies handled, by route and outcome (delivered, failed, retried)",
     ["route", "outcome"],
 )
-RESULT_TYPE = "io.deskstream.command.delivery.v1"
 
 
 class Sender(Protocol):
@@ -54,32 +53,22 @@ class Backoff:
     max_s: float
 
 
-def delivery_result(*, ticket_id: str, reply_id: str, delivered: bool, detail: str) -> OutRecord:
+def delivery_result(
+    *, ticket_id: str, reply_id: str, delivered: bool, detail: str
+) -> DeliveryResult:
     """The DeliveryResult command of a reply; its id is the reply's, so repeats change nothing."""
-    command = DeliveryResult(
+    return DeliveryResult(
         command_id=event_id("chat-delivery", reply_id, "ok" if delivered else "failed"),
         ticket_id=ticket_id,
         reply_id=reply_id,
         delivered=delivered,
         detail=detail[:2000],
     )
-    return OutRecord(
-        topic="",  # set by `report`, which knows the topic prefix
-        key=ticket_id,
-        value=command,
-        event_id=command.command_id,
-        event_type=RESULT_TYPE,
-    )
 
 
-async def report(publisher: Publisher, topics: Topics, results: Sequence[OutRecord]) -> None:
-    topic = topics.name("tickets.commands")
-    await publisher.publish_many(
-        [
-            OutRecord(topic, r.key, r.value, r.event_id, r.event_type, r.extra_headers)
-            for r in results
-        ]
-    )
+async def report(publisher: Publisher, topics: Topics, results: Sequence[DeliveryResult]) -> None:
+    commands_topic = topics.name("tickets.commands")
+    await publisher.publish_many([command_record(commands_topic, r) for r in results])
 
 
 class Delivery:
@@ -97,7 +86,7 @@ class Delivery:
         self.senders = senders
         self.backoff = backoff
         self._remember = remember
-        self._done: OrderedDict[str, OutRecord] = OrderedDict()
+        self._done: OrderedDict[str, DeliveryResult] = OrderedDict()
 
     async def handle(self, records: list[Record]) -> None:
         """The BatchRunner handler."""
@@ -114,7 +103,7 @@ class Delivery:
         if bad:
             raise PoisonRecords(bad)
 
-    async def _deliver(self, reply: OutboundReply) -> OutRecord:
+    async def _deliver(self, reply: OutboundReply) -> DeliveryResult:
         known = self._done.get(reply.reply_id)
         if known is not None:
             return known
@@ -152,12 +141,12 @@ class Delivery:
         raise AssertionError("unreachable")
 
     @staticmethod
-    def _result(reply: OutboundReply, delivered: bool, detail: str) -> OutRecord:
+    def _result(reply: OutboundReply, delivered: bool, detail: str) -> DeliveryResult:
         return delivery_result(
             ticket_id=reply.ticket_id, reply_id=reply.reply_id, delivered=delivered, detail=detail
         )
 
-    def _keep(self, reply: OutboundReply, result: OutRecord) -> OutRecord:
+    def _keep(self, reply: OutboundReply, result: DeliveryResult) -> DeliveryResult:
         self._done[reply.reply_id] = result
         while len(self._done) > self._remember:
             self._done.popitem(last=False)

@@ -22,7 +22,7 @@ from email.message import EmailMessage
 from deskstream.events import DeliveryResult, OutboundReply
 from deskstream.ids import event_id
 from deskstream.lifecycle import start_with_retry
-from deskstream.producer import OutRecord, Publisher
+from deskstream.producer import Publisher, command_record
 from deskstream.runner import BatchRunner, PoisonRecords, Record, TransientError, decode_all
 from prometheus_client import Counter
 from pymongo import AsyncMongoClient
@@ -41,7 +41,6 @@ from deskstream_ingest_email.smtp_send import Envelope, Outcome, SmtpConfig, sen
 log = logging.getLogger(__name__)
 
 STAGE = "ingest-email"
-COMMAND_TYPE = "io.deskstream.command.delivery.v1"
 REPLIES = Counter(
     "deskstream_email_replies_total", "Replies handled by the email sender", ["outcome"]
 )
@@ -217,14 +216,7 @@ class ReplySender:
     async def _report(self, results: list[DeliveryResult]) -> None:
         try:
             await self.publisher.publish_many(
-                OutRecord(
-                    topic=self.commands_topic,
-                    key=r.ticket_id,
-                    value=r,
-                    event_id=r.command_id,
-                    event_type=COMMAND_TYPE,
-                )
-                for r in results
+                command_record(self.commands_topic, r) for r in results
             )
         except Exception as exc:  # not acknowledged: report again (the sent log stops resends)
             raise TransientError(f"delivery results not published: {exc!r}") from exc

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from deskstream.cloudevents import Headers, ce_headers
 from deskstream.events import Channel
@@ -26,10 +26,6 @@ STAGE = "ingest-email"
 DEADLETTER_TYPE = "io.deskstream.deadletter.v1"
 # base64 grows by a third: this keeps a dead letter below Kafka's default 1 MiB record.
 MAX_DEADLETTER_BYTES = 600_000
-
-
-class PublishFailed(Exception):
-    """Kafka did not acknowledge every record of the batch; nothing may be acknowledged."""
 
 
 @dataclass(frozen=True)
@@ -54,21 +50,7 @@ class BatchPublisher:
     def publish(self, batch: Sequence[Fetched]) -> None:
         """Send the batch's records and return once Kafka acknowledged all of them."""
         records = [r for item in batch if (r := self._record(item)) is not None]
-        if not records:
-            return
-        try:
-            producer = self._producers.get()
-            futures = [
-                producer.send(topic, key=key, value=value, headers=headers)
-                for topic, key, value, headers in records
-            ]
-            producer.flush(timeout=self._flush_timeout_s)
-        except Exception as exc:  # no broker, a timeout: the batch is retried as a whole
-            raise PublishFailed(f"batch not published: {exc!r}") from exc
-        failed = [f for f in futures if not f.is_done or f.failed()]
-        if failed:
-            first: Any = failed[0].exception if failed[0].is_done else "not acknowledged"
-            raise PublishFailed(f"{len(failed)} of {len(futures)} records failed: {first!r}")
+        self._producers.send_all(records, self._flush_timeout_s)
 
     def _record(self, item: Fetched) -> tuple[str, bytes | None, bytes, Headers] | None:
         outcome, source = item.outcome, item.source

@@ -28,7 +28,7 @@ import requests
 import tweepy
 from deskstream.events import Channel, DeliveryResult, OutboundReply, Visibility
 from deskstream.ids import event_id
-from deskstream.producer import OutRecord, Publisher
+from deskstream.producer import Publisher, command_record
 from deskstream.runner import PoisonRecords, Record, decode_all
 from pymongo.collection import Collection
 from pymongo.errors import DuplicateKeyError
@@ -41,7 +41,6 @@ from deskstream_ingest_social.xclient import RateLimit, describe, is_transient
 
 log = logging.getLogger(__name__)
 
-COMMAND_TYPE = "io.deskstream.ticket.command.v1"
 POST_LIMIT = 280  # characters of a post on a standard account
 DM_LIMIT = 10_000
 
@@ -88,16 +87,7 @@ class Replier:
                 bad[index] = ValueError(f"a {reply.channel.value} reply on the social topic")
                 continue
             results.append(await asyncio.to_thread(self.deliver, reply))
-        await self.publisher.publish_many(
-            OutRecord(
-                topic=self.commands_topic,
-                key=r.ticket_id,
-                value=r,
-                event_id=r.command_id,
-                event_type=COMMAND_TYPE,
-            )
-            for r in results
-        )
+        await self.publisher.publish_many(command_record(self.commands_topic, r) for r in results)
         if bad:
             raise PoisonRecords(bad)
 

@@ -8,7 +8,7 @@ The poller's client is blocking, so this uses the shared synchronous producer.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from deskstream.cloudevents import Headers, ce_headers
 from deskstream.events import Channel
@@ -23,10 +23,6 @@ if TYPE_CHECKING:
 
 STAGE = "ingest-social"
 DEADLETTER_TYPE = "io.deskstream.deadletter.v1"
-
-
-class PublishFailed(Exception):
-    """Kafka did not acknowledge every record; the checkpoint must not move."""
 
 
 class PagePublisher:
@@ -49,21 +45,7 @@ class PagePublisher:
     def publish(self, kind: str, outcomes: Sequence[Outcome]) -> None:
         """Send the outcomes' records and return once Kafka acknowledged all of them."""
         records = [r for o in outcomes if (r := self._record(kind, o)) is not None]
-        if not records:
-            return
-        try:
-            producer = self._producers.get()
-            futures = [
-                producer.send(topic, key=key, value=value, headers=headers)
-                for topic, key, value, headers in records
-            ]
-            producer.flush(timeout=self._flush_timeout_s)
-        except Exception as exc:  # no broker, a timeout: the page is read and sent again
-            raise PublishFailed(f"page not published: {exc!r}") from exc
-        failed = [f for f in futures if not f.is_done or f.failed()]
-        if failed:
-            first: Any = failed[0].exception if failed[0].is_done else "not acknowledged"
-            raise PublishFailed(f"{len(failed)} of {len(futures)} records failed: {first!r}")
+        self._producers.send_all(records, self._flush_timeout_s)
 
     def _record(
         self, kind: str, outcome: Outcome

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import heapq
 import logging
 import time
 import weakref
@@ -48,6 +49,7 @@ from deskstream.events import (
     TicketStatus,
 )
 from deskstream.ids import ticket_id_for
+from deskstream.producer import command_event_type
 from deskstream.runner import Record, dead_letter_for
 from deskstream.topics import BY_NAME
 from faust.streams import _current_event
@@ -166,7 +168,7 @@ class Topology:
             command.ticket_id,
             command,
             command.command_id,
-            f"io.deskstream.command.{command.type}.v1",
+            command_event_type(command),
         )
 
     async def _dead_letter(self, event: EventT, error: BaseException) -> None:
@@ -566,7 +568,7 @@ class Topology:
         return True
 
     async def _enqueue(self, item: PlaceTicket, team: TeamState) -> None:
-        """The ticket waits: in order of channel priority, criticality and age."""
+        """The ticket waits in its channel's queue: by criticality, then age."""
         st = team.state
         entry = [
             self.rules.policy(item.channel).queue_priority,
@@ -575,14 +577,16 @@ class Topology:
             item.ticket_id,
             item.channel.value,
         ]
-        bisect.insort(st["queue"], entry)
+        waiting = st["queue"].setdefault(item.channel.value, [])
+        index = bisect.bisect_left(waiting, entry)
+        waiting.insert(index, entry)
         st["placed"][item.ticket_id] = "queued"
         self._trim(st)
         team.changed[item.ticket_id] = {"place": item.model_dump(mode="json"), "position": 0}
-        position = sum(1 for e in st["queue"] if e[4] == entry[4] and e <= entry)
-        await self._announce(team, item.ticket_id, position, team.last_explanation)
+        await self._announce(team, item.ticket_id, index + 1, team.last_explanation)
         team.last_explanation = {}
-        await self._announce_positions(team)
+        if index + 1 < len(waiting):  # it went ahead of others: they moved back one place
+            await self._announce_positions(team, item.channel.value, start=index + 1)
 
     async def _announce(
         self, team: TeamState, ticket_id: str, position: int, explanation: dict[str, Any]
@@ -606,14 +610,13 @@ class Topology:
             )
         )
 
-    async def _announce_positions(self, team: TeamState) -> None:
+    async def _announce_positions(self, team: TeamState, channel: str, start: int = 0) -> None:
         """Channels that show the wait (chat) hear of every move in their queue."""
-        positions: Counter[str] = Counter()
-        for entry in team.state["queue"]:
-            channel = Channel(entry[4])
-            positions[channel.value] += 1
-            if self.rules.policy(channel).announce_position:
-                await self._announce(team, entry[3], positions[channel.value], {"moved": True})
+        if not self.rules.policy(Channel(channel)).announce_position:
+            return
+        waiting = team.state["queue"].get(channel, [])
+        for position, entry in enumerate(waiting[start:], start=start + 1):
+            await self._announce(team, entry[3], position, {"moved": True})
 
     @staticmethod
     def _settle_reservations(st: dict[str, Any], now_ms: int) -> None:
@@ -635,25 +638,34 @@ class Topology:
         return free
 
     async def _drain(self, team: TeamState, now_ms: int) -> None:
-        """Offer queued tickets, in queue order, to the capacity now free."""
-        st = team.state
-        if not st["queue"]:
+        """Offer queued tickets, in queue order, to the capacity now free.
+
+        Only the queues of channels with a free slot somewhere in the team are read, merged
+        into one order (channel priority, criticality, age); the others stay untouched.
+        """
+        queues: dict[str, list[list[Any]]] = team.state["queue"]
+        free = self._free_channels(team.state) & {ch for ch, waiting in queues.items() if waiting}
+        if not free:
             return
-        free = self._free_channels(st)
-        waiting = []
-        for entry in st["queue"]:
-            detail = team.detail(entry[3]) if entry[4] in free else None
-            if detail is None:  # no slot on its channel: it keeps its place, untouched
-                waiting.append(entry)
+        kept: dict[str, list[list[Any]]] = {ch: [] for ch in free}
+        for entry in heapq.merge(*(queues[ch] for ch in free)):
+            channel, ticket_id = entry[4], entry[3]
+            detail = team.detail(ticket_id) if channel in free else None
+            if detail is None:  # its channel filled up meanwhile: it keeps its place
+                kept[channel].append(entry)
                 continue
-            if await self._try_assign(PlaceTicket.model_validate(detail["place"]), team, now_ms):
-                team.changed[entry[3]] = None
-                free = self._free_channels(st)
+            place = PlaceTicket.model_validate(detail["place"])
+            if await self._try_assign(place, team, now_ms):
+                team.changed[ticket_id] = None
+                free = self._free_channels(team.state)
             else:
-                waiting.append(entry)
+                kept[channel].append(entry)
         team.last_explanation = {}
-        st["queue"] = waiting
-        await self._announce_positions(team)
+        for channel, waiting in kept.items():
+            moved = len(waiting) != len(queues[channel])
+            queues[channel] = waiting
+            if moved:
+                await self._announce_positions(team, channel)
 
     @staticmethod
     def _trim(st: dict[str, Any]) -> None:
@@ -666,9 +678,10 @@ class TeamState:
     """A team's routing state while one batch is decided.
 
     `state` is the `teams` table value: the agents' snapshots, reservations, recent
-    placements, and the queue as small sort entries [channel priority, criticality rank,
-    created, ticket id, channel]. Each queued ticket's details live under its own key in
-    the `queued` table, so a long queue never makes one oversized changelog record.
+    placements, and one queue per channel of small sort entries [channel priority,
+    criticality rank, created, ticket id, channel] (a position is an index; a drain reads
+    only the channels with a free slot). Each queued ticket's details live under its own
+    key in the `queued` table, so a long queue never makes one oversized changelog record.
     """
 
     def __init__(self, stored: dict[str, Any] | None, queued: Any) -> None:
@@ -676,7 +689,7 @@ class TeamState:
         self.state: dict[str, Any] = {
             "agents": dict(stored.get("agents", {})),
             "reserved": dict(stored.get("reserved", {})),
-            "queue": [list(e) for e in stored.get("queue", [])],
+            "queue": {ch: [list(e) for e in q] for ch, q in stored.get("queue", {}).items()},
             "placed": dict(stored.get("placed", {})),
             "seq": int(stored.get("seq", 0)),
         }
