@@ -7,6 +7,7 @@ UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 # kustomize for tests/deploy, built from the Go module proxy into a project-local bin dir.
 KUSTOMIZE_VERSION := v5.8.2
 TOOLS_BIN := $(CURDIR)/.tools/bin
+GO := $(shell command -v go 2>/dev/null || echo /usr/local/go/bin/go)
 PY := .venv/bin/python
 INFRA := $(PY) deploy/local/infra.py
 
@@ -20,7 +21,7 @@ deps: ## install what is missing: uv, the locked Python env, kustomize, Kafka ja
 	@command -v uv >/dev/null 2>&1 || test -x $(UV) || python3 -m pip install --quiet "uv==$(UV_VERSION)"
 	@$$(command -v uv || echo $(UV)) sync --all-packages --frozen --quiet
 	@test "$$($(TOOLS_BIN)/kustomize version 2>/dev/null)" = "$(KUSTOMIZE_VERSION)" || \
-		GOBIN=$(TOOLS_BIN) GOFLAGS=-buildvcs=false go install sigs.k8s.io/kustomize/kustomize/v5@$(KUSTOMIZE_VERSION)
+		GOBIN=$(TOOLS_BIN) GOFLAGS=-buildvcs=false $(GO) install sigs.k8s.io/kustomize/kustomize/v5@$(KUSTOMIZE_VERSION)
 	@test -n "$$(ls deploy/local/kafka/target/kafka-libs/kafka_2.13-*.jar 2>/dev/null)" || \
 		mvn -q -B -f deploy/local/kafka/pom.xml package
 	@missing="$$(command -v dovecot >/dev/null 2>&1 || echo dovecot-imapd) \
