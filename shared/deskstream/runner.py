@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.errors import KafkaConnectionError, KafkaError
+from aiokafka.errors import IllegalStateError, KafkaConnectionError, KafkaError
 from aiokafka.structs import OffsetAndMetadata
 from pydantic import BaseModel, ValidationError
 
@@ -232,7 +232,10 @@ class BatchRunner:
                 end = self.consumer.highwater(tp)
             if end is None:
                 continue  # not fetched yet: nothing known without asking the broker
-            position = await self.consumer.position(tp)
+            try:
+                position = await self.consumer.position(tp)
+            except IllegalStateError:
+                continue  # revoked meanwhile (a rebalance): its new owner reports it
             self.meter.lag(self.group_id, tp.topic, tp.partition, end - position)
             self._lag_reported.add(tp)
 

@@ -15,6 +15,7 @@ in three ways, none with an await per record:
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -84,8 +85,9 @@ class RouterMetrics:
         if self._lag is None:
             self._lag = GroupLag(self.settings.kafka_bootstrap_servers, self.settings.service_name)
         try:
-            partitions = await self._lag.lag(self.group)
+            partitions = await asyncio.wait_for(self._lag.lag(self.group), LAG_INTERVAL_S / 2)
         except Exception:  # Kafka away: the connection gauge says so; keep the last values
+            await self._lag.close()
             return
         for p in partitions:
             self.meter.lag(self.group, p.topic, p.partition, p.lag)

@@ -180,13 +180,16 @@ async def refresh_every(
 
 
 async def group_lags(
-    lag: GroupLag, groups: list[str]
+    lag: GroupLag, groups: list[str], timeout_s: float = 5.0
 ) -> list[tuple[str, list[PartitionLag] | None, str | None]]:
-    """Each group's partitions, or the error that kept the broker from answering."""
+    """Each group's partitions, or the error that kept the broker from answering in time."""
     out: list[tuple[str, list[PartitionLag] | None, str | None]] = []
     for group in groups:
         try:
-            out.append((group, await lag.lag(group), None))
+            out.append((group, await asyncio.wait_for(lag.lag(group), timeout_s), None))
+        except TimeoutError:
+            await lag.close()
+            out.append((group, None, f"Kafka did not answer within {timeout_s:.0f} s"))
         except Exception as exc:  # Kafka down: the status says so instead of failing
             out.append((group, None, f"{type(exc).__name__}: {exc}"[:300]))
     return out
