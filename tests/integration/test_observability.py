@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -22,6 +21,7 @@ from deskstream.topics import ensure_topics
 from deskstream_ingest_chat.signing import webhook_signature
 from pymongo import MongoClient
 
+from tests import prom
 from tests.conftest import Infra, _delete_topics
 from tests.desk import Desk
 from tests.integration.test_e2e_email import mail
@@ -30,7 +30,6 @@ from tests.services import ALL
 pytestmark = pytest.mark.timeout(400)
 
 WEBHOOK_SECRET = "observability-webhook-secret-0123"
-SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{([^}]*)\})?\s+(\S+)$")
 
 
 class ObservedDesk(Desk):
@@ -41,25 +40,13 @@ class ObservedDesk(Desk):
             "TICKET_API_OPS_REFRESH_S": "1",
         }
 
-    def metrics(self, of: str) -> list[tuple[str, dict[str, str], float]]:
-        """Every sample of the service's /metrics: (name, labels, value)."""
-        text = httpx.get(f"http://127.0.0.1:{self.ports[of]}/metrics", timeout=10).text
-        out = []
-        for line in text.splitlines():
-            m = SAMPLE.match(line)
-            if m is None or line.startswith("#"):
-                continue
-            labels = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', m.group(2) or ""))
-            out.append((m.group(1), labels, float(m.group(3))))
-        return out
+    def metrics(self, of: str) -> list[prom.Sample]:
+        """Every sample of the service's /metrics."""
+        return prom.samples(prom.scrape(f"http://127.0.0.1:{self.ports[of]}"))
 
     def value(self, of: str, name: str, /, **labels: str) -> float:
         """The sum of the samples of `name` on service `of` whose labels include `labels`."""
-        return sum(
-            v
-            for n, ls, v in self.metrics(of)
-            if n == name and all(ls.get(k) == want for k, want in labels.items())
-        )
+        return prom.value(self.metrics(of), name, **labels)
 
     def until(self, check: Callable[[], Any], what: str, timeout: float = 60) -> Any:
         deadline = time.monotonic() + timeout
