@@ -35,5 +35,11 @@ def value(found: list[Sample], name: str, /, **labels: str) -> float:
 
 
 def families(text: str) -> set[str]:
-    """The metric families a metrics text declares (its `# TYPE` lines)."""
-    return {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE ")}
+    """The metric families a metrics text declares (its `# TYPE` lines), by family name
+    (a counter's without its `_total`, as prometheus_client names the family)."""
+    out = set()
+    for line in text.splitlines():
+        if line.startswith("# TYPE "):
+            _, _, name, kind = line.split()
+            out.add(name.removesuffix("_total") if kind == "counter" else name)
+    return out

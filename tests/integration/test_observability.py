@@ -18,13 +18,13 @@ import httpx
 import pytest
 from aiokafka import AIOKafkaProducer
 from deskstream.topics import ensure_topics
-from deskstream_ingest_chat.signing import webhook_signature
 from pymongo import MongoClient
 
 from tests import prom
 from tests.conftest import Infra, _delete_topics
 from tests.desk import Desk
 from tests.integration.test_e2e_email import mail
+from tests.integration.test_ingest_chat import webhook_headers
 from tests.services import ALL
 
 pytestmark = pytest.mark.timeout(400)
@@ -95,15 +95,9 @@ async def _traffic(desk: ObservedDesk) -> dict[str, Any]:
             "text": "I forgot my password and cannot log in",
         }
     ).encode()
-    ts = str(int(time.time()))
-    headers = {
-        "Content-Type": "application/json",
-        "X-Deskstream-Timestamp": ts,
-        "X-Deskstream-Signature": webhook_signature(secret=WEBHOOK_SECRET, body=body, timestamp=ts),
-    }
     async with httpx.AsyncClient(timeout=30) as http:
         url = f"http://127.0.0.1:{desk.ports['ingest-chat']}/webhooks/chat"
-        resp = await http.post(url, content=body, headers=headers)
+        resp = await http.post(url, content=body, headers=webhook_headers(body, WEBHOOK_SECRET))
         assert resp.status_code == 202, resp.text
 
     queued = await asyncio.to_thread(
