@@ -42,10 +42,10 @@ from bench.workload import Inbound
 TICK_S = 0.02  # the paced producer hands over what is due every 20 ms, acks gathered later
 STALL_S = 90.0  # no new ticket for this long: the pipeline is stuck, fail
 TICKET_API_METRICS = (
-    "deskstream_batch_seconds_sum",
-    "deskstream_batch_seconds_count",
-    "deskstream_records_total",
-    "deskstream_ticket_api_outbox_published_total",
+    "deskstream_processing_duration_seconds_sum",
+    "deskstream_processing_duration_seconds_count",
+    "deskstream_events_consumed_total",
+    "deskstream_events_produced_total",
     "deskstream_ticket_api_commands_total",
 )
 

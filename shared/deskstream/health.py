@@ -3,7 +3,13 @@
 A `Readiness` holds named async checks; each runs with a short timeout on every request,
 so `/readyz` turns 503 within seconds of a dependency going away and 200 once it is back.
 Two thin adapters serve it: `ops_server` (aiohttp, for workers without a web framework)
-and `fastapi_router` (for the FastAPI services).
+and `fastapi_router` (for the FastAPI services); the router's Faust views use `scrape`.
+
+A check added with `connection=<kind>` (kafka, mongodb) also sets
+`deskstream_connection_up{kind}`: every `/readyz` and every `/metrics` scrape runs those
+checks first, so the gauge is as fresh as the scrape without a timer of its own.
+Connections a service holds itself (IMAP sessions, X, Slack, SMTP) are reported by the
+code that uses them, not probed here: a probe would log in to the mailbox on every scrape.
 """
 
 from __future__ import annotations
@@ -16,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 from aiokafka import AIOKafkaClient
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from deskstream.metrics import Meter
+
 if TYPE_CHECKING:
     from aiohttp import web
     from fastapi import APIRouter
@@ -24,12 +32,17 @@ Check = Callable[[], Awaitable[Any]]
 
 
 class Readiness:
-    def __init__(self, timeout_s: float = 2.0) -> None:
+    def __init__(self, timeout_s: float = 2.0, meter: Meter | None = None) -> None:
         self.timeout_s = timeout_s
+        self.meter = meter
         self.checks: dict[str, Check] = {}
+        self.connections: dict[str, str] = {}  # check name -> connection kind
 
-    def add(self, name: str, check: Check) -> None:
+    def add(self, name: str, check: Check, *, connection: str | None = None) -> None:
+        """Add a check; with `connection` (and a meter) its result is also a connection gauge."""
         self.checks[name] = check
+        if connection is not None:
+            self.connections[name] = connection
 
     async def _run(self, check: Check) -> str:
         try:
@@ -46,7 +59,23 @@ class Readiness:
         names = list(self.checks)
         results = await asyncio.gather(*(self._run(self.checks[n]) for n in names))
         detail = dict(zip(names, results, strict=True))
+        self._gauge(detail)
         return all(r == "ok" for r in results), detail
+
+    async def refresh_connections(self) -> None:
+        """Run only the connection checks, setting their gauges (before a scrape)."""
+        if self.meter is None or not self.connections:
+            return
+        names = list(self.connections)
+        results = await asyncio.gather(*(self._run(self.checks[n]) for n in names))
+        self._gauge(dict(zip(names, results, strict=True)))
+
+    def _gauge(self, detail: dict[str, str]) -> None:
+        if self.meter is None:
+            return
+        for name, kind in self.connections.items():
+            if name in detail:
+                self.meter.connection(kind, detail[name] == "ok")
 
 
 class KafkaProbe:
@@ -93,6 +122,13 @@ def metrics_body() -> tuple[bytes, str]:
     return generate_latest(), CONTENT_TYPE_LATEST
 
 
+async def scrape(readiness: Readiness | None) -> tuple[bytes, str]:
+    """The `/metrics` body, with the connection gauges refreshed first."""
+    if readiness is not None:
+        await readiness.refresh_connections()
+    return metrics_body()
+
+
 def ops_app(readiness: Readiness) -> web.Application:
     """An aiohttp app with the three ops routes."""
     from aiohttp import web
@@ -108,7 +144,7 @@ def ops_app(readiness: Readiness) -> web.Application:
         )
 
     async def metrics(_: web.Request) -> web.Response:
-        body, ctype = metrics_body()
+        body, ctype = await scrape(readiness)
         return web.Response(body=body, headers={"Content-Type": ctype})
 
     app = web.Application()
@@ -149,7 +185,7 @@ def fastapi_router(readiness: Readiness) -> APIRouter:
 
     @router.get("/metrics", response_model=None)
     async def metrics() -> Response:
-        body, ctype = metrics_body()
+        body, ctype = await scrape(readiness)
         return Response(content=body, media_type=ctype)
 
     return router

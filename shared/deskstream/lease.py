@@ -32,6 +32,8 @@ from pymongo.collection import Collection
 from pymongo.errors import DuplicateKeyError
 from pymongo.write_concern import WriteConcern
 
+from deskstream.metrics import Meter
+
 log = logging.getLogger(__name__)
 
 # The lease's own fields: a checkpoint can neither read nor overwrite them.
@@ -148,20 +150,20 @@ class LeaseKeeper:
         *,
         heartbeat_s: float,
         ttl_s: float,
-        on_held: Callable[[bool], None] | None = None,
+        meter: Meter | None = None,
     ) -> None:
         self._store = store
         self._key = key
         self._heartbeat_s = heartbeat_s
         self._ttl_s = ttl_s
-        self._on_held = on_held
+        self._meter = meter  # deskstream_lease_held{lease=key} while the keeper runs
         self._stop = threading.Event()
         self._lost = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"lease-{key}", daemon=True)
 
     def __enter__(self) -> Self:
-        if self._on_held is not None:
-            self._on_held(True)
+        if self._meter is not None:
+            self._meter.lease(self._key, True)
         self._thread.start()
         return self
 
@@ -173,8 +175,8 @@ class LeaseKeeper:
     ) -> None:
         self._stop.set()
         self._thread.join(timeout=self._heartbeat_s + 5)
-        if self._on_held is not None:
-            self._on_held(False)
+        if self._meter is not None:
+            self._meter.lease(self._key, False)
 
     @property
     def lost(self) -> bool:

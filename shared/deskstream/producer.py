@@ -3,7 +3,8 @@
 `Publisher.publish_many` hands a whole batch to the producer and awaits the acks together:
 the producer's linger fills Kafka batches, and the caller pays one round trip, not one per
 record. The synchronous `sync_producer` (kafka-python) exists only for the IMAP worker,
-whose client library is blocking.
+whose client library is blocking. Both count what Kafka acknowledged
+(`deskstream_events_produced_total`), once per batch.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from deskstream.events import (
     DeliveryResult,
     QueueTicket,
 )
+from deskstream.metrics import Meter, channel_of, channel_of_topic
 
 if TYPE_CHECKING:
     from kafka import KafkaProducer
@@ -75,6 +77,7 @@ class Publisher:
 
     def __init__(self, settings: ServiceSettings) -> None:
         self.source = f"/deskstream/{settings.service_name}"
+        self.meter = Meter.of(settings)
         self._config = producer_config(settings)
         self._producer: AIOKafkaProducer | None = None
 
@@ -101,6 +104,7 @@ class Publisher:
 
     async def publish_many(self, records: Iterable[OutRecord]) -> None:
         """Send every record, then wait for all acks; raises if any send failed."""
+        records = list(records)
         futures = [
             await self.producer.send(
                 r.topic,
@@ -113,6 +117,10 @@ class Publisher:
         ]
         if futures:
             await asyncio.gather(*futures)
+            self.meter.produced_each(
+                (r.topic, channel_of(r.value) or channel_of_topic(self.meter.bare(r.topic)))
+                for r in records
+            )
 
     async def send_raw(
         self, topic: str, key: bytes | None, value: bytes, headers: Headers
@@ -144,8 +152,9 @@ class ProducerHolder:
     instead of the whole service failing at start.
     """
 
-    def __init__(self, factory: Callable[[], KafkaProducer]) -> None:
+    def __init__(self, factory: Callable[[], KafkaProducer], meter: Meter | None = None) -> None:
         self._factory = factory
+        self._meter = meter
         self._producer: KafkaProducer | None = None
         self._lock = threading.Lock()
 
@@ -184,6 +193,8 @@ class ProducerHolder:
         if failed:
             first: Any = failed[0].exception if failed[0].is_done else "not acknowledged"
             raise PublishFailed(f"{len(failed)} of {len(futures)} records failed: {first!r}")
+        if self._meter is not None:
+            self._meter.produced_each((topic, None) for topic, _, _, _ in records)
 
 
 def command_event_type(command: AnyCommand) -> str:

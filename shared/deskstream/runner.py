@@ -14,6 +14,11 @@ Contract for handlers (`async def handle(records) -> None`):
   buffer), backs off, and hands the same batch over again until it succeeds.
 - Any other exception is narrowed down by splitting the batch in halves; a single record
   that keeps failing `max_attempts` times is dead-lettered with the error and the count.
+
+Metrics (deskstream.metrics), counted once per committed batch: records consumed per topic,
+dead letters by reason, the batch's handling time and its records' ages, retries; and the
+consumer lag of every assigned partition, read from the consumer's own fetch state (last
+stable offset minus position) at most once a second: no broker call of its own.
 """
 
 from __future__ import annotations
@@ -27,28 +32,20 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.errors import KafkaConnectionError, KafkaError
+from aiokafka.errors import IllegalStateError, KafkaConnectionError, KafkaError
 from aiokafka.structs import OffsetAndMetadata
-from prometheus_client import Counter, Histogram
 from pydantic import BaseModel, ValidationError
 
 from deskstream.cloudevents import header
 from deskstream.events import DeadLetter
+from deskstream.logs import event_context
+from deskstream.metrics import Meter
 from deskstream.producer import encode, producer_config
 from deskstream.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
 M = TypeVar("M", bound=BaseModel)
-
-RECORDS = Counter(
-    "deskstream_records_total", "Records handled by a runner, by outcome", ["stage", "outcome"]
-)
-BATCH_SECONDS = Histogram(
-    "deskstream_batch_seconds",
-    "Time to handle one batch",
-    ["stage"],
-    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
-)
+LAG_SAMPLE_S = 1.0
 
 
 class TransientError(Exception):
@@ -130,9 +127,13 @@ class BatchRunner:
         max_attempts: int = 3,
         transient: tuple[type[BaseException], ...] = (),
         backoff_max_s: float = 10.0,
+        step: str | None = None,
     ) -> None:
         self.stage = stage
         self.topics = list(topics)
+        self.meter = Meter.of(settings)
+        # The metrics' step: what this runner consumes, by registry name.
+        self.step = step or ",".join(self.meter.bare(t) for t in self.topics)
         self.handler = handler
         self.group_id = group_id
         self.dlq_topic = settings.topics.deadletter(stage)
@@ -160,6 +161,8 @@ class BatchRunner:
         self._letters: list[DeadLetter] = []
         self._letter_keys: list[bytes | None] = []
         self._letter_headers: list[list[tuple[str, bytes]]] = []
+        self._lag_sampled_at = 0.0
+        self._lag_reported: set[TopicPartition] = set()
         self.batches_done = 0
 
     async def start(self) -> None:
@@ -187,16 +190,54 @@ class BatchRunner:
                     for msgs in fetched.values()
                     for m in msgs
                 ]
-                if not records:
-                    continue
-                started = time.monotonic()
-                await self._handle_until_done(records)
-                BATCH_SECONDS.labels(self.stage).observe(time.monotonic() - started)
-                await self._commit(records)
-                self.batches_done += 1
+                if records:
+                    started = time.monotonic()
+                    await self._handle_until_done(records)
+                    await self._commit(records)
+                    self._account(records, time.monotonic() - started)
+                    self.batches_done += 1
+                await self._sample_lag()
         finally:
             await self.consumer.stop()
             await self.producer.stop()
+
+    def _account(self, records: Sequence[Record], seconds: float) -> None:
+        """Count a committed batch: records per topic, time, ages (one label lookup each)."""
+        per_topic: dict[str, int] = {}
+        for r in records:
+            per_topic[r.topic] = per_topic.get(r.topic, 0) + 1
+        for topic, n in per_topic.items():
+            self.meter.consumed(topic, n)
+        self.meter.processing(self.step, seconds)
+        self.meter.ages(self.step, (r.timestamp_ms for r in records))
+
+    async def _sample_lag(self) -> None:
+        """Lag per assigned partition from the consumer's fetch state; at most once a second.
+
+        The last stable offset (read_committed) and the position are what the consumer
+        already knows from its fetches; `position` returns at once for a partition that
+        has been fetched, so this asks the broker nothing.
+        """
+        now = time.monotonic()
+        if now - self._lag_sampled_at < LAG_SAMPLE_S:
+            return
+        self._lag_sampled_at = now
+        assigned = self.consumer.assignment()
+        for tp in self._lag_reported - assigned:
+            self.meter.forget_lag(self.group_id, tp.topic, tp.partition)
+        self._lag_reported &= assigned
+        for tp in assigned:
+            end = self.consumer.last_stable_offset(tp)
+            if end is None or end < 0:
+                end = self.consumer.highwater(tp)
+            if end is None:
+                continue  # not fetched yet: nothing known without asking the broker
+            try:
+                position = await self.consumer.position(tp)
+            except IllegalStateError:
+                continue  # revoked meanwhile (a rebalance): its new owner reports it
+            self.meter.lag(self.group_id, tp.topic, tp.partition, end - position)
+            self._lag_reported.add(tp)
 
     async def _commit(self, records: Sequence[Record]) -> None:
         """Publish the batch's dead letters and commit its offsets, atomically."""
@@ -226,7 +267,10 @@ class BatchRunner:
                 )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.backoff_max_s)
-        RECORDS.labels(self.stage, "deadlettered").inc(len(self._letters))
+        for letter in self._letters:
+            self.meter.dead_letter(letter.error_type)
+        if self._letters:
+            self.meter.produced(self.dlq_topic, len(self._letters))
         self._letters, self._letter_keys, self._letter_headers = [], [], []
 
     async def _handle_until_done(self, records: list[Record]) -> None:
@@ -242,7 +286,7 @@ class BatchRunner:
                     "dependency unavailable, pausing consumption",
                     extra={"stage": self.stage, "error": repr(exc), "retry_in_s": delay},
                 )
-                RECORDS.labels(self.stage, "retried").inc(len(records))
+                self.meter.retried(self.step)
                 partitions = self.consumer.assignment()
                 self.consumer.pause(*partitions)
                 try:
@@ -258,12 +302,10 @@ class BatchRunner:
     ) -> None:
         try:
             await self.handler(records)
-            RECORDS.labels(self.stage, "ok").inc(len(records))
         except self.transient:
             raise
         except PoisonRecords as poison:
             await self.dead_letter([(records[i], exc, 1) for i, exc in poison.failures.items()])
-            RECORDS.labels(self.stage, "ok").inc(len(records) - len(poison.failures))
         except Exception as exc:
             if len(records) > 1:
                 # Narrow the failure down: the good half goes through, the bad half splits on.
@@ -283,18 +325,19 @@ class BatchRunner:
         """Queue the failed records, with their original bytes and the reason, for the commit."""
         for record, exc, attempts in failures:
             letter = dead_letter_for(record, stage=self.stage, error=exc, attempts=attempts)
-            log.error(
-                "record dead-lettered",
-                extra={
-                    "stage": self.stage,
-                    "topic": record.topic,
-                    "partition": record.partition,
-                    "offset": record.offset,
-                    "event_id": letter.event_id,
-                    "error": letter.reason[:300],
-                    "attempts": attempts,
-                },
-            )
+            with event_context(event_id=letter.event_id):
+                log.error(
+                    "record dead-lettered",
+                    extra={
+                        "stage": self.stage,
+                        "topic": record.topic,
+                        "partition": record.partition,
+                        "offset": record.offset,
+                        "error_type": letter.error_type,
+                        "error": letter.reason[:300],
+                        "attempts": attempts,
+                    },
+                )
             self._letters.append(letter)
             self._letter_keys.append(record.key)
             self._letter_headers.append(list(record.headers))

@@ -14,6 +14,9 @@ import time
 from dataclasses import dataclass, field
 from typing import IO
 
+from deskstream.metrics import FAMILIES
+
+from tests import prom
 from tests.make_run import listening, processes_in_group, start_make_run
 
 DEADLINE_S = 180  # start-up (about 30 s here) plus the demo; only a guard
@@ -88,6 +91,30 @@ def _read_until(
             return
 
 
+SERVICES = ("ticket-api", "ingest-chat", "router", "ingest-email", "ingest-social")  # by port
+
+
+def _metrics_after_the_demo(base: int) -> None:
+    """`curl localhost:<port>/metrics` on each service shows the shared families, with values."""
+    found = {}
+    for offset, service in enumerate(SERVICES):
+        text = prom.scrape(f"http://127.0.0.1:{base + offset}")
+        missing = {f._name for f in FAMILIES} - prom.families(text)
+        assert not missing, (service, missing)
+        found[service] = prom.samples(text)
+        up = prom.value(found[service], "deskstream_connection_up", kind="kafka")
+        assert up == 1, (service, "kafka connection")
+    consumed, produced = "deskstream_events_consumed_total", "deskstream_events_produced_total"
+    assert prom.value(found["ingest-email"], produced, topic="inbound.email") >= 4
+    assert prom.value(found["ingest-email"], "deskstream_inputs_ignored_total") >= 1  # OOO
+    assert prom.value(found["router"], consumed, topic="inbound.email", channel="email") >= 4
+    assert prom.value(found["router"], consumed, topic="inbound.portal", channel="portal") >= 3
+    assert prom.value(found["ticket-api"], consumed, topic="tickets.commands") >= 14
+    decisions = "deskstream_routing_decisions_total"
+    assert prom.value(found["ticket-api"], decisions, outcome="assigned") >= 7
+    assert prom.value(found["ticket-api"], "deskstream_connection_up", kind="mongodb") == 1
+
+
 def test_make_run_shows_demo_tickets_created_and_assigned_live() -> None:
     # DESKSTREAM_DEMO="" drops a DESKSTREAM_DEMO=0 from the environment: the demo runs.
     run = start_make_run("demo", 18680, DESKSTREAM_DEMO="")
@@ -102,6 +129,7 @@ def test_make_run_shows_demo_tickets_created_and_assigned_live() -> None:
         assert seen.complete(), "".join(output)
         # The out-of-office mail was delivered before the last two: give it time to show up.
         _read_until(lines, output, seen, time.monotonic() + GRACE_S, stop_when_done=False)
+        _metrics_after_the_demo(run.base)
 
         run.interrupt()
         proc.wait(timeout=90)

@@ -103,13 +103,17 @@ class Chat:
     async def webhook_post(
         self, body: bytes, *, secret: str = WEBHOOK_SECRET, age_s: int = 0
     ) -> httpx.Response:
-        ts = str(int(time.time()) - age_s)
-        headers = {
-            "Content-Type": "application/json",
-            "X-Deskstream-Timestamp": ts,
-            "X-Deskstream-Signature": webhook_signature(secret=secret, body=body, timestamp=ts),
-        }
-        return await self.post("/webhooks/chat", body, headers)
+        return await self.post("/webhooks/chat", body, webhook_headers(body, secret, age_s))
+
+
+def webhook_headers(body: bytes, secret: str = WEBHOOK_SECRET, age_s: int = 0) -> dict[str, str]:
+    """The headers of a signed generic-webhook request (`age_s` old)."""
+    ts = str(int(time.time()) - age_s)
+    return {
+        "Content-Type": "application/json",
+        "X-Deskstream-Timestamp": ts,
+        "X-Deskstream-Signature": webhook_signature(secret=secret, body=body, timestamp=ts),
+    }
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -18,13 +17,13 @@ from typing import Any
 import httpx
 import pytest
 import websockets
-from deskstream_ingest_chat.signing import webhook_signature, webhook_valid
+from deskstream_ingest_chat.signing import webhook_valid
 from playwright.async_api import Page, async_playwright, expect
 
 from tests import slackapi
 from tests.conftest import Infra
 from tests.desk import Desk
-from tests.integration.test_ingest_chat import WEBHOOK_SECRET, ToolEndpoint
+from tests.integration.test_ingest_chat import WEBHOOK_SECRET, ToolEndpoint, webhook_headers
 
 pytestmark = pytest.mark.timeout(420)
 
@@ -275,15 +274,9 @@ async def test_a_webhook_message_becomes_a_ticket_and_the_reply_goes_back_signed
             "text": "The printer on the 3rd floor jams on every page",
         }
     ).encode()
-    ts = str(int(time.time()))
-    headers = {
-        "Content-Type": "application/json",
-        "X-Deskstream-Timestamp": ts,
-        "X-Deskstream-Signature": webhook_signature(secret=WEBHOOK_SECRET, body=body, timestamp=ts),
-    }
     url = f"http://127.0.0.1:{desk.ports['ingest-chat']}/webhooks/chat"
     async with httpx.AsyncClient(timeout=30) as http:
-        resp = await http.post(url, content=body, headers=headers)
+        resp = await http.post(url, content=body, headers=webhook_headers(body))
         assert resp.status_code == 202, resp.text
 
     # Printing needs the hardware skill: the field team's Dev gets it.

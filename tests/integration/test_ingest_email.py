@@ -325,7 +325,8 @@ async def test_corpus_end_to_end(
 
     for reason, count in Counter(ENTRIES[f]["reason"] for f in ignored).items():
         assert re.search(
-            rf'deskstream_email_ignored_total{{mailbox="[^"]+",reason="{reason}"}} {count}\.0',
+            rf'deskstream_inputs_ignored_total{{reason="{reason}",service="ingest-email"}} '
+            rf"{count}\.0",
             metrics,
         ), reason
     logs = svc.logs()
@@ -502,7 +503,10 @@ async def test_big_mail_is_batched_by_size_and_dead_letters_stay_one_record(
     assert "original cut to 600000 of" in letter.reason
     assert len(letter.original_value()) == 600_000
     # Three mails, each too big to share a batch with the next: three batches.
-    assert re.search(r"deskstream_email_batch_seconds_count\{[^}]*\} 3\.0", metrics)
+    assert re.search(
+        r'deskstream_processing_duration_seconds_count\{service="ingest-email",step="imap"\} 3\.0',
+        metrics,
+    )
 
 
 # --- the connection drops ------------------------------------------------------------
@@ -596,7 +600,11 @@ async def test_a_dropped_connection_is_reopened_with_back_off(
         proxy.close()
     assert len(topics.ids()) == 2
     assert "mailbox session ended; reconnecting after a pause" in svc.logs()
-    assert re.search(r"deskstream_email_reconnects_total\{[^}]*\} [1-9]", metrics)
+    assert re.search(
+        r'deskstream_connection_errors_total\{error="[^"]+",kind="imap",service="ingest-email"\} '
+        r"[1-9]",
+        metrics,
+    )
     assert any(k.startswith("imap:") and v != "ok" for k, v in body["checks"].items())
 
 

@@ -291,8 +291,13 @@ async def test_mentions_and_dms_become_inbound_messages_once_and_a_restart_resum
             mentions_read = [r for r in first_read if r.endpoint == MENTIONS]
             assert mentions_read[0].params.get("since_id") == str(newest)
             metrics = await svc2.metrics()
+            # This replica published the later mention and DM: two records on inbound.social.
             assert (
-                'deskstream_social_items_total{kind="mention",outcome="published"} 1.0' in metrics
+                'deskstream_events_produced_total{channel="social",service="ingest-social",'
+                'topic="inbound.social"} 2.0' in metrics
+            )
+            assert 'deskstream_connection_up{kind="x",service="ingest-social",target=""} 1.0' in (
+                metrics
             )
             assert (
                 'deskstream_social_polls_total{endpoint="GET /2/dm_events",outcome="ok"}' in metrics

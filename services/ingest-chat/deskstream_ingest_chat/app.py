@@ -6,6 +6,7 @@ import contextlib
 from collections.abc import AsyncIterator
 
 from deskstream.health import KafkaProbe, Readiness, fastapi_router
+from deskstream.metrics import Meter
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -17,9 +18,9 @@ from deskstream_ingest_chat.settings import IngestChatSettings
 
 def create_app(settings: IngestChatSettings) -> FastAPI:
     rt = Runtime.build(settings)
-    readiness = Readiness()
+    readiness = Readiness(meter=Meter.of(settings))
     kafka = KafkaProbe(settings.kafka_bootstrap_servers, settings.service_name)
-    readiness.add("kafka", kafka)
+    readiness.add("kafka", kafka, connection="kafka")
     readiness.add("producer", rt.producer.check)
     readiness.add("webchat-feed", rt.check_feed)
     readiness.add("reply-delivery", rt.check_delivery)

@@ -25,21 +25,16 @@ from typing import Protocol
 
 from deskstream.events import DeliveryResult, OutboundReply
 from deskstream.ids import event_id
+from deskstream.logs import correlation, event_context
+from deskstream.metrics import Meter
 from deskstream.producer import Publisher, command_record
 from deskstream.runner import PoisonRecords, Record, TransientError, decode_all
 from deskstream.topics import Topics
-from prometheus_client import Counter
 
 from deskstream_ingest_chat.senders import Permanent, Retryable
 from deskstream_ingest_chat.webchat import PREFIX as WEBCHAT_PREFIX
 
 log = logging.getLogger(__name__)
-
-DELIVERIES = Counter(
-    "deskstream_chat_deliveries_total",
-    "Replies handled, by route and outcome (delivered, failed, retried)",
-    ["route", "outcome"],
-)
 
 
 class Sender(Protocol):
@@ -80,8 +75,10 @@ class Delivery:
         senders: dict[str, Sender],
         backoff: Backoff,
         remember: int = 10_000,
+        meter: Meter | None = None,
     ) -> None:
         self.publisher = publisher
+        self.meter = meter or Meter("ingest-chat", topics.prefix)
         self.topics = topics
         self.senders = senders
         self.backoff = backoff
@@ -94,7 +91,7 @@ class Delivery:
         pending = [
             reply for _, reply in good if not reply.conversation_key.startswith(WEBCHAT_PREFIX)
         ]
-        results = await asyncio.gather(*(self._deliver(reply) for reply in pending))
+        results = await asyncio.gather(*(self._deliver_one(reply) for reply in pending))
         if results:
             try:
                 await report(self.publisher, self.topics, results)
@@ -102,6 +99,10 @@ class Delivery:
                 raise TransientError(f"delivery results not published: {exc!r}") from exc
         if bad:
             raise PoisonRecords(bad)
+
+    async def _deliver_one(self, reply: OutboundReply) -> DeliveryResult:
+        with event_context(**correlation(reply)):  # each gathered task has its own context
+            return await self._deliver(reply)
 
     async def _deliver(self, reply: OutboundReply) -> DeliveryResult:
         known = self._done.get(reply.reply_id)
@@ -113,21 +114,23 @@ class Delivery:
             result = self._result(
                 reply, delivered=False, detail=f"no delivery route for {route!r} conversations"
             )
-            DELIVERIES.labels(route, "failed").inc()
+            self.meter.reply(route, "failed")
             return self._keep(reply, result)
         delay = self.backoff.first_s
         for attempt in range(1, self.backoff.attempts + 1):
             try:
                 detail = await sender.send(reply)
             except Permanent as exc:
-                DELIVERIES.labels(route, "failed").inc()
+                self.meter.connection(route, True)  # it answered, with a refusal
+                self.meter.reply(route, "failed")
                 return self._keep(reply, self._result(reply, delivered=False, detail=str(exc)))
             except Retryable as exc:
+                self.meter.connection(route, not exc.unreachable)
                 if attempt == self.backoff.attempts:
-                    DELIVERIES.labels(route, "failed").inc()
+                    self.meter.reply(route, "failed")
                     detail = f"{exc} (gave up after {attempt} attempts)"
                     return self._keep(reply, self._result(reply, delivered=False, detail=detail))
-                DELIVERIES.labels(route, "retried").inc()
+                self.meter.reply(route, "retried")
                 wait = max(delay, min(exc.retry_after_s or 0, self.backoff.max_s))
                 log.warning(
                     "reply not delivered yet; retrying",
@@ -136,7 +139,8 @@ class Delivery:
                 await asyncio.sleep(wait)
                 delay = min(delay * 2, self.backoff.max_s)
             else:
-                DELIVERIES.labels(route, "delivered").inc()
+                self.meter.connection(route, True)
+                self.meter.reply(route, "delivered")
                 return self._keep(reply, self._result(reply, delivered=True, detail=detail))
         raise AssertionError("unreachable")
 

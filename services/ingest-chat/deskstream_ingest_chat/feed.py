@@ -16,22 +16,19 @@ import logging
 import time
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from prometheus_client import Counter
+from deskstream.metrics import Meter
 
 from deskstream_ingest_chat.hub import Hub
 from deskstream_ingest_chat.settings import IngestChatSettings
 
 log = logging.getLogger(__name__)
 
-FEED_RECORDS = Counter(
-    "deskstream_chat_feed_records_total", "Records read by the web-chat feed", ["topic"]
-)
-
 
 class Feed:
     def __init__(self, settings: IngestChatSettings, hub: Hub) -> None:
         self.settings = settings
         self.hub = hub
+        self.meter = Meter.of(settings)
         self.events_topic = settings.topics.name("tickets.events")
         self.replies_topic = settings.topics.name("outbound.chat")
         self.consumer: AIOKafkaConsumer | None = None
@@ -90,7 +87,7 @@ class Feed:
         while not stop.is_set():
             batch = await consumer.getmany(timeout_ms=200, max_records=500)
             for tp, records in batch.items():
-                FEED_RECORDS.labels(tp.topic).inc(len(records))
+                self.meter.consumed(tp.topic, len(records))
                 for record in records:
                     await self._apply(tp.topic, record.value)
             if not batch:

@@ -10,15 +10,19 @@ the same deterministic event id again, which the router and the ticket-api drop.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import OrderedDict
 from typing import Any
 
+from deskstream.logs import correlation
 from deskstream.producer import OutRecord, Publisher
 from deskstream.topics import Topics
 from prometheus_client import Counter
 
 from deskstream_ingest_chat.outcomes import Publish
+
+log = logging.getLogger(__name__)
 
 INBOUND = Counter(
     "deskstream_chat_inbound_total",
@@ -73,6 +77,10 @@ class Ingestor:
         except Exception as exc:  # the producer failed (no broker): the sender retries
             raise NotAcknowledged(f"Kafka did not take the message: {type(exc).__name__}") from exc
         INBOUND.labels(source, "published" if first else "duplicate").inc()
+        log.info(
+            "published" if first else "published before",
+            extra={"source": source, **correlation(item.message)},
+        )
         return first
 
     async def _publish(self, item: Publish, event_type: str) -> None:

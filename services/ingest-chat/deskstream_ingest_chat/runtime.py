@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from deskstream.events import Channel
 from deskstream.lifecycle import BackgroundStart, start_with_retry
+from deskstream.metrics import Meter
 from deskstream.producer import Publisher
 from deskstream.runner import BatchRunner
 
@@ -83,6 +84,7 @@ class Runtime:
                     settings.delivery_backoff_s,
                     settings.delivery_backoff_max_s,
                 ),
+                meter=Meter.of(settings),
             ),
         )
 

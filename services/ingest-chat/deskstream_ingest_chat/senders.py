@@ -19,9 +19,13 @@ from deskstream_ingest_chat.signing import WEBHOOK_SIGNATURE, WEBHOOK_TIMESTAMP,
 
 
 class Retryable(Exception):
-    def __init__(self, detail: str, retry_after_s: float | None = None) -> None:
+    def __init__(
+        self, detail: str, retry_after_s: float | None = None, *, unreachable: bool = False
+    ) -> None:
         super().__init__(detail)
         self.retry_after_s = retry_after_s
+        # No answer at all (not a 429 or 5xx): the connection gauge reads 0.
+        self.unreachable = unreachable
 
 
 class Permanent(Exception):
@@ -62,7 +66,7 @@ class SlackSender:
                 ) from None
             raise Permanent(f"slack: {error or status}") from None
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise Retryable(f"slack unreachable: {type(exc).__name__}") from None
+            raise Retryable(f"slack unreachable: {type(exc).__name__}", unreachable=True) from None
         return f"posted to Slack {channel} thread {thread_ts} as {response.get('ts')}"
 
     async def close(self) -> None:
@@ -115,7 +119,9 @@ class WebhookReplySender:
                 if resp.status >= 300:
                     raise Permanent(f"webhook answered {resp.status}")
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise Retryable(f"webhook unreachable: {type(exc).__name__}") from None
+            raise Retryable(
+                f"webhook unreachable: {type(exc).__name__}", unreachable=True
+            ) from None
         return f"posted to {source}"
 
     async def close(self) -> None:

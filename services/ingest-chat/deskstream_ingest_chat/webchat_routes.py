@@ -157,7 +157,10 @@ def router(rt: Runtime) -> APIRouter:
         try:
             await report(rt.publisher, settings.topics, [result])
         except Exception as exc:  # Kafka down: keep the reply; the next ack reports it
-            log.warning("delivery not reported", extra={"error": repr(exc)})
+            log.warning(
+                "delivery not reported",
+                extra={"error": repr(exc), "reply_id": reply_id, "ticket_id": result.ticket_id},
+            )
             rt.hub.reply_back(key, reply)
 
     return api

@@ -16,6 +16,7 @@ from functools import partial
 from typing import Any
 
 from deskstream.health import KafkaProbe, Readiness
+from deskstream.metrics import Meter
 from deskstream.producer import ProducerHolder, sync_producer
 from deskstream.service import run_worker
 from pymongo import MongoClient
@@ -84,7 +85,8 @@ def build_workers(
 
 async def serve(settings: IngestEmailSettings) -> None:
     mongo = mongo_client(settings)
-    producers = ProducerHolder(lambda: sync_producer(settings))
+    meter = Meter.of(settings)
+    producers = ProducerHolder(lambda: sync_producer(settings), meter=meter)
     stop_workers = threading.Event()
     workers = build_workers(settings, mongo, producers, stop_workers)
     threads = [
@@ -96,11 +98,17 @@ async def serve(settings: IngestEmailSettings) -> None:
         if dead:
             raise RuntimeError(f"worker thread(s) stopped: {', '.join(dead)}")
 
-    readiness = Readiness()
-    readiness.add("kafka", KafkaProbe(settings.kafka_bootstrap_servers, settings.service_name))
+    readiness = Readiness(meter=meter)
+    readiness.add(
+        "kafka",
+        KafkaProbe(settings.kafka_bootstrap_servers, settings.service_name),
+        connection="kafka",
+    )
     for mailbox in settings.resolved_mailboxes():
         readiness.add(f"imap:{mailbox.key}", partial(asyncio.to_thread, imap_login, mailbox))
-    readiness.add("mongodb", lambda: asyncio.to_thread(mongo.admin.command, "ping"))
+    readiness.add(
+        "mongodb", lambda: asyncio.to_thread(mongo.admin.command, "ping"), connection="mongodb"
+    )
     readiness.add("workers", workers_alive)
     replies = ReplyService(settings) if settings.replies_enabled else None
     if replies is not None:

@@ -22,9 +22,10 @@ from email.message import EmailMessage
 from deskstream.events import DeliveryResult, OutboundReply
 from deskstream.ids import event_id
 from deskstream.lifecycle import start_with_retry
+from deskstream.logs import correlation, event_context
+from deskstream.metrics import Meter
 from deskstream.producer import Publisher, command_record
 from deskstream.runner import BatchRunner, PoisonRecords, Record, TransientError, decode_all
-from prometheus_client import Counter
 from pymongo import AsyncMongoClient
 
 from deskstream_ingest_email.compose import (
@@ -41,9 +42,9 @@ from deskstream_ingest_email.smtp_send import Envelope, Outcome, SmtpConfig, sen
 log = logging.getLogger(__name__)
 
 STAGE = "ingest-email"
-REPLIES = Counter(
-    "deskstream_email_replies_total", "Replies handled by the email sender", ["outcome"]
-)
+ROUTE = "email"
+# Outcomes that mean no SMTP server answered (the others carry the server's reply).
+_UNANSWERED = ("no SMTP session", "connection lost", "not tried")
 
 
 @dataclass
@@ -89,6 +90,7 @@ class ReplySender:
         self.publisher = publisher
         self.smtp = smtp
         self.commands_topic = settings.topics.name("tickets.commands")
+        self.meter = Meter.of(settings)
         self.mailbox_addresses = [m.address for m in settings.resolved_mailboxes()]
 
     def desk_sender(self, mailbox_address: str | None) -> DeskSender:
@@ -110,7 +112,7 @@ class ReplySender:
         for reply_id, (index, reply) in replies.items():
             done = settled.get(reply_id)
             if done is not None:
-                REPLIES.labels("repeat").inc()
+                self.meter.reply(ROUTE, "repeat")
                 results.append(
                     delivery_command(
                         reply_id, reply.ticket_id, done["status"] == "sent", done["detail"]
@@ -124,7 +126,9 @@ class ReplySender:
                 before.append(pending[-1].message_id)
             except InvalidReply as exc:
                 # Never deliverable: the ticket hears why, the record goes to the dead letters.
-                REPLIES.labels("invalid").inc()
+                self.meter.reply(ROUTE, "invalid")
+                with event_context(**correlation(reply)):
+                    log.warning("reply can never be a mail", extra={"error": str(exc)[:300]})
                 poison[index] = exc
                 results.append(
                     delivery_command(reply_id, reply.ticket_id, False, f"invalid: {exc}")
@@ -158,10 +162,13 @@ class ReplySender:
                 return
             envelopes = [Envelope(p.message, p.sender, p.recipient) for p in todo]
             outcomes = await asyncio.to_thread(send_batch, self.smtp, envelopes)
+            answered = any(not o.detail.startswith(_UNANSWERED) for o in outcomes)
+            self.meter.connection("smtp", answered)
             last = attempt == self.settings.reply_attempts
             retry: list[_Pending] = []
             for p, outcome in zip(todo, outcomes, strict=True):
                 if outcome.kind == "transient" and not last:
+                    self.meter.reply(ROUTE, "retried")
                     retry.append(p)
                     continue
                 if outcome.kind == "transient":
@@ -171,7 +178,10 @@ class ReplySender:
                 elif outcome.kind == "sent":
                     outcome = Outcome("sent", f"{outcome.detail}, Message-ID {p.message_id}")
                 p.outcome = outcome
-                REPLIES.labels("sent" if outcome.kind == "sent" else "failed").inc()
+                self.meter.reply(ROUTE, "delivered" if outcome.kind == "sent" else "failed")
+                if outcome.kind != "sent":
+                    with event_context(**correlation(p.reply)):
+                        log.warning("reply not delivered", extra={"detail": outcome.detail})
             await self._record([p for p in todo if p.outcome is not None])
             if retry:
                 log.warning(

@@ -19,11 +19,11 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 
+from deskstream.lease import LeaseKeeper
+from deskstream.metrics import Meter
 from imapclient import IMAPClient
 from imapclient.imapclient import FLAGGED, SEEN
 
-from deskstream_ingest_email.lease import LeaseKeeper
-from deskstream_ingest_email.metrics import BATCH_SECONDS, IGNORED, MESSAGES, RECONNECTS
 from deskstream_ingest_email.normalise import (
     DeadLetter,
     Ignore,
@@ -91,6 +91,7 @@ class MailboxWorker:
         self.config = config
         self.stop = stop
         self._connect = connect
+        self.meter = Meter.of(settings)
         self._lease: LeaseKeeper | None = None
         self._selected = False  # the session got as far as its mailbox
 
@@ -115,10 +116,11 @@ class MailboxWorker:
                 was_standby = False
                 log.info("lease taken; working the mailbox", extra=self._log())
                 with LeaseKeeper(
-                    self.store,
+                    self.store.leases,
                     self.key,
                     heartbeat_s=self.settings.lease_heartbeat_s,
                     ttl_s=self.settings.lease_ttl_s,
+                    meter=self.meter,
                 ) as lease:
                     self._lease = lease
                     try:
@@ -130,7 +132,7 @@ class MailboxWorker:
             except Exception as exc:  # the session's dependency failed: back off, reconnect
                 if self._selected:  # it worked for a while: start the back-off afresh
                     delay, self._selected = 1.0, False
-                RECONNECTS.labels(self.key, type(exc).__name__).inc()
+                self.meter.connection_error("imap", exc)
                 log.warning(
                     "mailbox session ended; reconnecting after a pause",
                     extra=self._log(error=repr(exc)[:500], retry_in_s=delay),
@@ -153,12 +155,17 @@ class MailboxWorker:
     # --- one session: connect, select, drain, idle -----------------------------------
 
     def _session(self) -> None:
-        client = self._connect(self.mailbox, self.settings.imap_timeout_s)
+        try:
+            client = self._connect(self.mailbox, self.settings.imap_timeout_s)
+        except Exception:
+            self.meter.connection("imap", False, self.key)
+            raise
         try:
             info = client.select_folder(self.mailbox.folder)
             uidvalidity = int(info[b"UIDVALIDITY"])
             last_uid = self._start_point(uidvalidity)
             self._selected = True
+            self.meter.connection("imap", True, self.key)
             can_idle = b"IDLE" in client.capabilities()
             log.info(
                 "mailbox selected",
@@ -172,6 +179,9 @@ class MailboxWorker:
                     self._idle(client)
                 else:
                     self._poll(client)
+        except BaseException:
+            self.meter.connection("imap", False, self.key)
+            raise
         finally:
             _close(client)
 
@@ -254,7 +264,7 @@ class MailboxWorker:
         self.store.advance(self.key, uidvalidity=uidvalidity, last_uid=max(uids))
         self._account(batch)
         self._acknowledge(client, batch)  # \Seen is a courtesy; the checkpoint is the truth
-        BATCH_SECONDS.labels(self.key).observe(time.monotonic() - started)
+        self.meter.processing("imap", time.monotonic() - started)
         return max(uids)
 
     def _acknowledge(self, client: IMAPClient, batch: Sequence[Fetched]) -> None:
@@ -266,22 +276,22 @@ class MailboxWorker:
             client.add_flags(dead, [FLAGGED], silent=True)
 
     def _account(self, batch: Sequence[Fetched]) -> None:
+        """Count and log each mail of a batch Kafka has (published and dead letters are
+        counted by the producer; ignored mail only here)."""
         for item in batch:
             outcome, uid = item.outcome, item.source.uid
             if isinstance(outcome, Publish):
-                MESSAGES.labels(self.key, "published").inc()
                 log.info(
                     "mail published",
                     extra=self._log(
                         uid=uid,
                         event_id=outcome.message.event_id,
                         conversation_key=outcome.message.conversation_key,
-                        ticket_hint=outcome.message.ticket_hint,
+                        ticket_id=outcome.message.ticket_hint,
                     ),
                 )
             elif isinstance(outcome, Ignore):
-                MESSAGES.labels(self.key, "ignored").inc()
-                IGNORED.labels(self.key, outcome.reason.value).inc()
+                self.meter.ignored(outcome.reason.value)
                 log.info(
                     "automatic mail ignored",
                     extra=self._log(
@@ -293,7 +303,7 @@ class MailboxWorker:
                     ),
                 )
             else:
-                MESSAGES.labels(self.key, "deadlettered").inc()
+                self.meter.dead_letter(outcome.error_type)
                 log.error(
                     "mail dead-lettered",
                     extra=self._log(

@@ -20,6 +20,7 @@ from deskstream.events import Channel
 from deskstream.health import KafkaProbe, Readiness
 from deskstream.lease import LeaseStore
 from deskstream.lifecycle import start_with_retry
+from deskstream.metrics import Meter
 from deskstream.producer import ProducerHolder, Publisher, sync_producer
 from deskstream.runner import BatchRunner
 from deskstream.service import run_worker
@@ -75,8 +76,9 @@ def build_poller(
 async def serve(settings: IngestSocialSettings) -> None:
     mongo = mongo_client(settings)
     db = mongo[settings.mongodb_database]
-    producers = ProducerHolder(lambda: sync_producer(settings))
-    state = XState()
+    meter = Meter.of(settings)
+    producers = ProducerHolder(lambda: sync_producer(settings), meter=meter)
+    state = XState(meter)
     stop_threads = threading.Event()
     if settings.x_enabled:
         poller = build_poller(settings, mongo, producers, state, stop_threads)
@@ -95,9 +97,15 @@ async def serve(settings: IngestSocialSettings) -> None:
             "on outbound.social are reported undelivered"
         )
 
-    readiness = Readiness()
-    readiness.add("kafka", KafkaProbe(settings.kafka_bootstrap_servers, settings.service_name))
-    readiness.add("mongodb", lambda: asyncio.to_thread(mongo.admin.command, "ping"))
+    readiness = Readiness(meter=meter)
+    readiness.add(
+        "kafka",
+        KafkaProbe(settings.kafka_bootstrap_servers, settings.service_name),
+        connection="kafka",
+    )
+    readiness.add(
+        "mongodb", lambda: asyncio.to_thread(mongo.admin.command, "ping"), connection="mongodb"
+    )
     readiness.add("x", state.check)
     readiness.add("poller", poller_alive)
 

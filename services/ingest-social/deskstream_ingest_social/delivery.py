@@ -28,12 +28,13 @@ import requests
 import tweepy
 from deskstream.events import Channel, DeliveryResult, OutboundReply, Visibility
 from deskstream.ids import event_id
+from deskstream.logs import correlation, event_context
+from deskstream.metrics import Meter
 from deskstream.producer import Publisher, command_record
 from deskstream.runner import PoisonRecords, Record, decode_all
 from pymongo.collection import Collection
 from pymongo.errors import DuplicateKeyError
 
-from deskstream_ingest_social.metrics import DELIVERIES
 from deskstream_ingest_social.normalise import MENTION
 from deskstream_ingest_social.settings import IngestSocialSettings
 from deskstream_ingest_social.state import XState
@@ -77,6 +78,7 @@ class Replier:
         self.state = state
         self.stop = stop
         self.commands_topic = settings.topics.name("tickets.commands")
+        self.meter = Meter.of(settings)
 
     async def handle(self, records: list[Record]) -> None:
         """The BatchRunner handler: deliver each reply in order, then publish the results."""
@@ -86,7 +88,9 @@ class Replier:
             if reply.channel is not Channel.SOCIAL:
                 bad[index] = ValueError(f"a {reply.channel.value} reply on the social topic")
                 continue
-            results.append(await asyncio.to_thread(self.deliver, reply))
+            # The worker thread gets a copy of this context: its log lines carry the ids.
+            with event_context(**correlation(reply)):
+                results.append(await asyncio.to_thread(self.deliver, reply))
         await self.publisher.publish_many(command_record(self.commands_topic, r) for r in results)
         if bad:
             raise PoisonRecords(bad)
@@ -125,7 +129,7 @@ class Replier:
         if doc is None:
             return None
         if doc.get("state") in ("delivered", "failed"):
-            DELIVERIES.labels(doc.get("kind", "?"), "repeat").inc()
+            self.meter.reply(doc.get("kind", "?"), "repeat")
             return self._result(reply, doc["state"] == "delivered", str(doc.get("detail", "")))
         return self._unknown(reply, str(doc.get("kind", "?")))
 
@@ -178,7 +182,7 @@ class Replier:
             },
             upsert=True,  # refusals and "no account" are recorded without a claim
         )
-        DELIVERIES.labels(kind, state).inc()
+        self.meter.reply(kind, state)
         (log.info if delivered else log.warning)(
             "reply " + state,
             extra={"reply_id": reply.reply_id, "ticket_id": reply.ticket_id, "detail": detail},
@@ -243,7 +247,7 @@ class Replier:
                     "reply not sent yet; retrying",
                     extra={"reply_id": reply.reply_id, "error": describe(exc), "retry_in_s": wait},
                 )
-                DELIVERIES.labels(kind, "retried").inc()
+                self.meter.reply(kind, "retried")
                 if self.stop.wait(wait):
                     raise GaveUp(f"stopped before a retry could succeed: {describe(exc)}") from exc
                 delay = min(delay * 2, self.settings.delivery_backoff_max_s)

@@ -29,16 +29,11 @@ from typing import Any
 import requests
 import tweepy
 from deskstream.lease import LeaseKeeper, LeaseLost, LeaseStore
+from deskstream.metrics import Meter
 from pymongo import UpdateOne
 from pymongo.collection import Collection
 
-from deskstream_ingest_social.metrics import (
-    ITEMS,
-    LEASE_HELD,
-    POLLS,
-    RATE_LIMIT_WAIT_SECONDS,
-    RATE_LIMIT_WAITS,
-)
+from deskstream_ingest_social.metrics import POLLS, RATE_LIMIT_WAIT_SECONDS, RATE_LIMIT_WAITS
 from deskstream_ingest_social.normalise import (
     DM,
     MENTION,
@@ -103,6 +98,7 @@ class AccountPoller:
             k for k, on in ((MENTION, settings.poll_mentions), (DM, settings.poll_dms)) if on
         ]
         self._clock = clock
+        self.meter = Meter.of(settings)
         self._lease: LeaseKeeper | None = None
         self._exhausted: dict[str, float] = {}  # endpoint -> reset time, while remaining == 0
         self.sweeps_done = 0
@@ -134,7 +130,7 @@ class AccountPoller:
                     self.key,
                     heartbeat_s=self.settings.lease_heartbeat_s,
                     ttl_s=self.settings.lease_ttl_s,
-                    on_held=lambda on: LEASE_HELD.labels(self.key).set(1 if on else 0),
+                    meter=self.meter,
                 ) as lease:
                     self._lease = lease
                     try:
@@ -145,6 +141,7 @@ class AccountPoller:
             except LeaseLost:
                 log.warning("lease lost; standing by", extra=self._log())
             except Exception as exc:  # X, Kafka or MongoDB failed: back off, start again
+                self.meter.connection_error("x", exc)
                 log.warning(
                     "polling failed; retrying after a pause",
                     extra=self._log(error=describe(exc), retry_in_s=delay),
@@ -256,8 +253,7 @@ class AccountPoller:
 
     def _account(self, kind: str, outcomes: Sequence[Outcome]) -> None:
         for outcome in outcomes:
-            if isinstance(outcome, Publish):
-                ITEMS.labels(kind, "published").inc()
+            if isinstance(outcome, Publish):  # counted by the producer
                 log.info(
                     "published",
                     extra=self._log(
@@ -267,13 +263,13 @@ class AccountPoller:
                     ),
                 )
             elif isinstance(outcome, Ignore):
-                ITEMS.labels(kind, "ignored").inc()
+                self.meter.ignored(outcome.reason)
                 log.info(
                     "ignored",
                     extra=self._log(kind=kind, event_id=outcome.event_id, reason=outcome.reason),
                 )
             elif isinstance(outcome, Reject):
-                ITEMS.labels(kind, "deadlettered").inc()
+                self.meter.dead_letter(outcome.error_type)
                 log.error(
                     "dead-lettered",
                     extra=self._log(

@@ -1,4 +1,4 @@
-"""The X connection as this replica last saw it, for `/readyz` and the `x_up` gauge.
+"""The X connection as this replica last saw it, for `/readyz` and `deskstream_connection_up`.
 
 The poller ("read") and the replier ("write") report every answer (or its absence);
 readiness then says "failing" while the last request of either found no X (no
@@ -12,24 +12,27 @@ from __future__ import annotations
 
 import threading
 
-from deskstream_ingest_social.metrics import X_UP
+from deskstream.metrics import Meter
 
 
 class XState:
-    def __init__(self) -> None:
+    def __init__(self, meter: Meter | None = None) -> None:
         self._lock = threading.Lock()
         self._errors: dict[str, str] = {}
+        self._meter = meter
 
     def answered(self, path: str) -> None:
         with self._lock:
             self._errors.pop(path, None)
             up = not self._errors
-        X_UP.set(1 if up else 0)
+        if self._meter is not None:
+            self._meter.connection("x", up)
 
     def failed(self, path: str, reason: str) -> None:
         with self._lock:
             self._errors[path] = reason[:300]
-        X_UP.set(0)
+        if self._meter is not None:
+            self._meter.connection("x", False)
 
     async def check(self) -> None:
         with self._lock:

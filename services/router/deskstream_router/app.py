@@ -1,6 +1,7 @@
 """The router's Faust application: its app object, topics and ops routes.
 
-Faust's own web server (aiohttp) serves /healthz, /readyz and /metrics.
+Faust's own web server (aiohttp) serves /healthz, /readyz and /metrics; the metrics come
+from a Faust sensor and a lag timer (metrics.py).
 """
 
 from __future__ import annotations
@@ -8,11 +9,12 @@ from __future__ import annotations
 from typing import Any
 
 import faust
-from deskstream.health import KafkaProbe, Readiness, metrics_body
+from deskstream.health import KafkaProbe, Readiness, scrape
 from deskstream.topics import ensure_named_topics
 from faust.web import Request, Response, View
 
 from deskstream_router.classify import Rules
+from deskstream_router.metrics import LAG_INTERVAL_S, RouterMetrics
 from deskstream_router.settings import RouterSettings
 from deskstream_router.topology import Topology
 
@@ -41,8 +43,15 @@ def create_app(settings: RouterSettings) -> faust.App:
         autodiscover=False,
     )
     topology = Topology(app, settings, Rules.load(settings.rules_path))
-    readiness = Readiness()
-    readiness.add("kafka", KafkaProbe(settings.kafka_bootstrap_servers, settings.service_name))
+    metrics = RouterMetrics(settings)
+    app.sensors.add(metrics.sensor())
+    app.timer(LAG_INTERVAL_S, name="consumer-lag")(metrics.sample_lag)
+    readiness = Readiness(meter=metrics.meter)
+    readiness.add(
+        "kafka",
+        KafkaProbe(settings.kafka_bootstrap_servers, settings.service_name),
+        connection="kafka",
+    )
     readiness.add("catalogue", topology.catalogue.check)
 
     @app.page("/healthz")
@@ -60,7 +69,7 @@ def create_app(settings: RouterSettings) -> faust.App:
     @app.page("/metrics")
     class Metrics(View):
         async def get(self, request: Request) -> Response:
-            body, ctype = metrics_body()
+            body, ctype = await scrape(readiness)
             return self.bytes(body, content_type=ctype.split(";")[0])
 
     return app

@@ -35,24 +35,19 @@ from deskstream.events import (
     TicketQueued,
     TicketStatus,
 )
+from deskstream.logs import correlation, event_context
 from deskstream.runner import Handler, PoisonRecords, Record, TransientError
 from deskstream.topics import Topics
-from prometheus_client import Counter
 from pydantic import BaseModel, ValidationError
 from pymongo import ReplaceOne, UpdateOne
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from deskstream_ticket_api import contacts, outbox, ticketing
 from deskstream_ticket_api.db import Doc, Retry, Session, Store, atomically
+from deskstream_ticket_api.metrics import COMMANDS, ROUTING_DECISIONS
 from deskstream_ticket_api.outbox import Waker
 
 log = logging.getLogger(__name__)
-
-COMMANDS = Counter(
-    "deskstream_ticket_api_commands_total",
-    "tickets.commands by type and outcome",
-    ["type", "outcome"],
-)
 
 Command = CreateTicket | AppendMessage | AssignTicket | QueueTicket | DeflectTicket | DeliveryResult
 
@@ -80,6 +75,9 @@ class Plan:
     rejected: dict[int, Exception] = field(default_factory=dict)
     # Senders resolved to contacts; written in the same transaction as the tickets.
     linker: contacts.Linker = field(default_factory=contacts.Linker)
+    # Counted once the chunk's transaction committed (a retried one is planned again).
+    outcomes: list[tuple[str, str]] = field(default_factory=list)  # (type, outcome)
+    decisions: list[tuple[str, str, str]] = field(default_factory=list)  # outcome, channel, team
 
     def ticket(self, command: Command) -> Doc:
         ticket = self.tickets.get(command.ticket_id)
@@ -274,31 +272,64 @@ APPLY: dict[str, Callable[[Plan, Any], None]] = {
 }
 
 
+# What an applied routing command decided, from the ticket before it applies.
+def _decision(plan: Plan, command: Command) -> tuple[str, str, str] | None:
+    if not isinstance(command, AssignTicket | QueueTicket | DeflectTicket):
+        return None
+    ticket = plan.tickets.get(command.ticket_id) or {}
+    if isinstance(command, AssignTicket):
+        outcome = "assigned"
+    elif isinstance(command, QueueTicket):
+        outcome = "queued" if ticket.get("queue") is None else "queue_moved"
+    else:
+        outcome = "deflected"
+    team = getattr(command, "team", None) or ticket.get("team") or "none"
+    return outcome, str(ticket.get("channel", "none")), str(team)
+
+
 def plan_chunk(plan: Plan, chunk: Sequence[tuple[int, Command]]) -> dict[int, Exception]:
     """Apply the chunk's commands to the loaded state in order; returns the rejected ones."""
     rejected: dict[int, Exception] = {}
     for index, command in chunk:
-        cid = command.command_id
-        if cid in plan.applied:
-            COMMANDS.labels(command.type, "duplicate").inc()
-            continue
-        try:
-            APPLY[command.type](plan, command)
-        except Rejected as exc:
-            COMMANDS.labels(command.type, "rejected").inc()
-            rejected[index] = exc
-            continue
-        plan.applied.add(cid)
-        plan.ledger.append(
-            {
-                "_id": cid,
-                "ticket_id": command.ticket_id,
-                "type": command.type,
-                "applied_at": datetime.now(UTC),
-            }
-        )
-        COMMANDS.labels(command.type, "applied").inc()
+        with event_context(**correlation(command)):
+            if _plan_one(plan, index, command, rejected):
+                log.debug("command applied", extra={"type": command.type})
     return rejected
+
+
+def _plan_one(plan: Plan, index: int, command: Command, rejected: dict[int, Exception]) -> bool:
+    cid = command.command_id
+    if cid in plan.applied:
+        plan.outcomes.append((command.type, "duplicate"))
+        return False
+    decision = _decision(plan, command)
+    try:
+        APPLY[command.type](plan, command)
+    except Rejected as exc:
+        plan.outcomes.append((command.type, "rejected"))
+        rejected[index] = exc  # dead-lettered by the runner, which logs it
+        return False
+    plan.applied.add(cid)
+    plan.ledger.append(
+        {
+            "_id": cid,
+            "ticket_id": command.ticket_id,
+            "type": command.type,
+            "applied_at": datetime.now(UTC),
+        }
+    )
+    plan.outcomes.append((command.type, "applied"))
+    if decision is not None:
+        plan.decisions.append(decision)
+    return True
+
+
+def count(plan: Plan) -> None:
+    """Count a committed chunk's commands and routing decisions."""
+    for kind, outcome in plan.outcomes:
+        COMMANDS.labels(kind, outcome).inc()
+    for outcome, channel, team in plan.decisions:
+        ROUTING_DECISIONS.labels(outcome, channel, team).inc()
 
 
 async def _load(
@@ -414,6 +445,7 @@ async def apply_commands(
             return plan
 
         plan = await atomically(client=store.client, work=work, retry_on=(DuplicateKeyError,))
+        count(plan)
         rejected.update(plan.rejected)
         queued += len(plan.entries)
     return rejected, queued

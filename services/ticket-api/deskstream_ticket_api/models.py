@@ -430,3 +430,49 @@ class ApiKeyRead(BaseModel):
 
 class ApiKeyIssued(ApiKeyRead):
     key: str = Field(description="shown once; only its SHA-256 is stored")
+
+
+# --- Operations ------------------------------------------------------------------------
+
+
+class PartitionLagRead(BaseModel):
+    topic: str = Field(description="the registry name, without the installation's prefix")
+    partition: int
+    committed: int = Field(description="the group's committed offset")
+    end: int = Field(description="the partition's last stable offset")
+    lag: int = Field(description="records the group has not committed yet")
+
+
+class GroupLagRead(BaseModel):
+    group: str = Field(description="the consumer group, without the installation's prefix")
+    lag: int | None = Field(description="sum over its partitions; null when Kafka did not answer")
+    partitions: list[PartitionLagRead] = []
+    error: str | None = None
+
+
+class OldestTicketRead(BaseModel):
+    ticket_id: TicketId
+    since: datetime
+    age_s: float
+
+
+class TeamQueueRead(BaseModel):
+    team: str = Field(description="`none`: tickets not routed to a team yet")
+    waiting: int = Field(description="new or open tickets no agent has")
+    queued: int = Field(description="of those, the ones in the router's queue")
+    oldest_unassigned: OldestTicketRead
+
+
+class SlaRiskRead(BaseModel):
+    team: str
+    service: str
+    target: Literal["response", "resolution"]
+    at_risk: int = Field(description="past the warning share of the target, not past it")
+    breached: int
+
+
+class OpsStatusRead(BaseModel):
+    at: datetime
+    consumer_lag: list[GroupLagRead]
+    teams: list[TeamQueueRead]
+    sla: list[SlaRiskRead]

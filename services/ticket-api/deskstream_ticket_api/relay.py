@@ -36,34 +36,18 @@ from datetime import UTC, datetime, timedelta
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 from deskstream.cloudevents import ce_headers, header
+from deskstream.metrics import Meter
 from deskstream.producer import OutRecord, Publisher
-from prometheus_client import Counter, Gauge
 from pymongo import ASCENDING, ReturnDocument
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from deskstream_ticket_api.db import Doc, Store
+from deskstream_ticket_api.metrics import FAILURES, PENDING, RECOVERED
 from deskstream_ticket_api.outbox import Pending, Waker
 from deskstream_ticket_api.settings import TicketApiSettings
 
 log = logging.getLogger(__name__)
 
-PUBLISHED = Counter(
-    "deskstream_ticket_api_outbox_published_total", "Outbox records published by the relay"
-)
-RECOVERED = Counter(
-    "deskstream_ticket_api_outbox_recovered_total",
-    "Pending outbox records found already on Kafka by the read-back, marked without publishing",
-)
-PENDING = Gauge(
-    "deskstream_ticket_api_outbox_pending", "Outbox documents waiting to be published (sampled)"
-)
-FAILURES = Counter(
-    "deskstream_ticket_api_outbox_relay_failures_total",
-    "Relay rounds that failed for a reason other than an unavailable dependency",
-)
-ACTIVE = Gauge(
-    "deskstream_ticket_api_outbox_relay_active", "1 while this process holds the relay lease"
-)
 LEASE_NAME = "outbox-relay"
 
 
@@ -106,6 +90,9 @@ class TransactionalPublisher(Publisher):
             await Publisher.publish_many(self, run)
             if tombstones:
                 await asyncio.gather(*tombstones)
+                for p in pending:
+                    if p.value is None:
+                        self.meter.produced(p.topic)
 
 
 class Lease:
@@ -167,6 +154,7 @@ class OutboxRelay:
         # Published (Kafka committed) but not yet marked: never sent again, only marked.
         self._unmarked: set[str] = set()
         self._pending_sampled_at = 0.0
+        self.meter = Meter.of(settings)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Hold the lease and publish until `stop`; stand by while another relay holds it."""
@@ -206,7 +194,7 @@ class OutboxRelay:
         await publisher.start()
         try:
             self.active = True
-            ACTIVE.set(1)
+            self.meter.lease(LEASE_NAME, True)
             log.info("outbox relay active", extra={"owner": self.lease.owner})
             await self.recover(publisher)
             while not stop.is_set():
@@ -218,7 +206,7 @@ class OutboxRelay:
                     await self.waker.wait(self.settings.relay_poll_ms / 1000)
         finally:
             self.active = False
-            ACTIVE.set(0)
+            self.meter.lease(LEASE_NAME, False)
             await publisher.stop()
 
     async def publish_once(self, publisher: TransactionalPublisher) -> int:
@@ -241,7 +229,6 @@ class OutboxRelay:
         await publisher.publish_pending(pending)
         ids = [p.event_id for p in pending]
         self._unmarked.update(ids)
-        PUBLISHED.inc(len(ids))
         await self._mark(ids)
         return len(ids)
 

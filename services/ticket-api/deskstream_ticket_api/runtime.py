@@ -13,13 +13,15 @@ import contextlib
 import logging
 
 from deskstream.health import KafkaProbe, Readiness, mongo_probe
+from deskstream.lag import GroupLag
 from deskstream.lifecycle import BackgroundStart
+from deskstream.metrics import Meter
 from deskstream.producer import Publisher
 from deskstream.runner import BatchRunner
 from pymongo import AsyncMongoClient
 from pymongo.errors import ConnectionFailure, PyMongoError
 
-from deskstream_ticket_api import auth, commands
+from deskstream_ticket_api import auth, commands, ops
 from deskstream_ticket_api.db import Doc, Store, ensure_indexes, supports_transactions
 from deskstream_ticket_api.outbox import Waker
 from deskstream_ticket_api.relay import OutboxRelay
@@ -49,15 +51,17 @@ class Runtime:
             if settings.relay_enabled
             else None
         )
+        # Lag of other services' groups for GET /v1/ops/status (asked only on request).
+        self.group_lag = GroupLag(settings.kafka_bootstrap_servers, settings.service_name)
         self.store_problem: str | None = "store not initialised yet"
         self.consumer_running = False
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
-        self.readiness = Readiness()
-        self.readiness.add("mongodb", mongo_probe(self.client))
+        self.readiness = Readiness(meter=Meter.of(settings))
+        self.readiness.add("mongodb", mongo_probe(self.client), connection="mongodb")
         self.kafka_probe = KafkaProbe(settings.kafka_bootstrap_servers, settings.service_name)
-        self.readiness.add("kafka", self.kafka_probe)
+        self.readiness.add("kafka", self.kafka_probe, connection="kafka")
         self.readiness.add("producer", self.producer.check)
         self.readiness.add("store", self._store_check)
         if settings.consumer_enabled:
@@ -90,6 +94,7 @@ class Runtime:
         self._tasks.clear()
         await self.producer.close()
         await self.kafka_probe.close()
+        await self.group_lag.close()
         await self.client.close()
 
     async def _init_then_work(self) -> None:
@@ -100,6 +105,18 @@ class Runtime:
             workers.append(asyncio.create_task(self._run_commands(), name="commands-consumer"))
         if self.relay is not None:
             workers.append(asyncio.create_task(self.relay.run(self._stop), name="outbox-relay"))
+        if self.settings.ops_refresh_s > 0:
+            workers.append(
+                asyncio.create_task(
+                    ops.refresh_every(
+                        db=self.store.db,
+                        interval_s=self.settings.ops_refresh_s,
+                        warn_fraction=self.settings.sla_warn_fraction,
+                        stop=self._stop,
+                    ),
+                    name="ops-metrics",
+                )
+            )
         if workers:
             await asyncio.gather(*workers)
 

@@ -41,6 +41,13 @@ class TicketApiSettings(ServiceSettings, MongoSettingsMixin):
     # announced with MessageAdded; internal notes are never published either way.
     publish_replies: bool = True
 
+    # Operations (ops.py): how often the queue and SLA gauges are read from MongoDB (0: never),
+    # the share of a service's target after which an open ticket counts as at risk, and the
+    # consumer groups `GET /v1/ops/status` reports (without the topic prefix).
+    ops_refresh_s: float = Field(default=15.0, ge=0, le=3600)
+    sla_warn_fraction: float = Field(default=0.8, gt=0, le=1)
+    ops_groups: list[str] = ["router", "ticket-api-commands"]
+
     # REST limits.
     page_limit_max: int = Field(default=200, ge=1, le=1000)
     max_body_bytes: int = Field(default=1_048_576, ge=1024)

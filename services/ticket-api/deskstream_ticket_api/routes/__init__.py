@@ -9,6 +9,7 @@ from deskstream_ticket_api.routes import (
     api_keys,
     catalogue,
     contacts,
+    ops,
     portal,
     teams,
     tickets,
@@ -17,6 +18,6 @@ from deskstream_ticket_api.routes import (
 
 def v1() -> APIRouter:
     router = APIRouter(prefix="/v1")
-    for module in (tickets, agents, teams, catalogue, portal, api_keys, contacts):
+    for module in (tickets, agents, teams, catalogue, portal, api_keys, contacts, ops):
         router.include_router(module.router)
     return router
