@@ -14,13 +14,14 @@ from deskstream.topics import ensure_named_topics
 from faust.web import Request, Response, View
 
 from deskstream_router.classify import Rules
+from deskstream_router.consumer import RouterApp
 from deskstream_router.metrics import LAG_INTERVAL_S, RouterMetrics
 from deskstream_router.settings import RouterSettings
 from deskstream_router.topology import Topology
 
 
 def create_app(settings: RouterSettings) -> faust.App:
-    app = faust.App(
+    app = RouterApp(
         f"{settings.topics.prefix}router",
         broker=f"kafka://{settings.kafka_bootstrap_servers}",
         store=settings.store,
