@@ -59,6 +59,7 @@ from pydantic import BaseModel
 from deskstream_router.assign import Candidate, decide
 from deskstream_router.catalogue import CatalogueView
 from deskstream_router.classify import Rules, classify
+from deskstream_router.metrics import RouterMetrics
 from deskstream_router.models import (
     ROUTING_INPUT,
     AgentRemoved,
@@ -106,6 +107,7 @@ class Topology:
         self.app = app
         self.settings = settings
         self.rules = rules
+        self.metrics = RouterMetrics(settings)
         t = settings.topics
 
         def raw_topic(*names: str) -> Any:
@@ -174,6 +176,7 @@ class Topology:
     async def _dead_letter(self, event: EventT, error: BaseException) -> None:
         record = _record(event)
         letter = dead_letter_for(record, stage="router", error=error, attempts=1)
+        self.metrics.dead_letter(error)
         log.error(
             "record dead-lettered",
             extra={
@@ -181,6 +184,7 @@ class Topology:
                 "offset": record.offset,
                 "partition": record.partition,
                 "error": letter.reason[:300],
+                "event_id": letter.event_id,
             },
         )
         await self.deadletter.send(
@@ -193,6 +197,7 @@ class Topology:
     async def _each(self, stream: Any, handle: Any) -> None:
         """Batches from `stream`; `handle(events)` gets each batch, poison goes to the DLQ."""
         async for events in stream.take_events(BATCH, within=WITHIN_S):
+            started = time.monotonic()
             try:
                 await handle(events)
                 # At least once: Faust commits a batch's offsets once the next batch is
@@ -200,6 +205,7 @@ class Topology:
                 # every send of the batch (commands, table changelogs, dead letters) keeps
                 # a crash from committing input whose effects never reached Kafka.
                 await self._flush()
+                self.metrics.batch(stream, events, started)
             except BaseException as exc:
                 # take_events acks the whole batch however its consumer leaves it (in its
                 # `finally`), also when the agent is cancelled in a rebalance. An extra
