@@ -12,7 +12,7 @@ PY := .venv/bin/python
 INFRA := $(PY) deploy/local/infra.py
 
 .DEFAULT_GOAL := help
-.PHONY: help deps run test deploy-check bench lint fmt infra-up infra-down infra-status topics schemas clean
+.PHONY: help deps run test test-faults deploy-check bench lint fmt infra-up infra-down infra-status topics schemas clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -37,6 +37,9 @@ test: deps ## run the whole suite against real Kafka, MongoDB-wire, Dovecot and 
 
 deploy-check: deps ## validate the Dockerfile, compose and Kubernetes manifests (part of `test`)
 	@$(PY) -m pytest tests/deploy -q $(PYTEST_ARGS)
+
+test-faults: deps ## fault injection: SIGKILLs, Kafka/MongoDB/IMAP outages, poison; prints a table
+	@DESKSTREAM_FAULTS=1 $(PY) -m pytest tests/faults $(PYTEST_ARGS)
 
 bench: deps ## benchmark: raw Kafka, raw MongoDB, inbound->ticket pipeline (BENCH_ARGS=--help)
 	@$(PY) -m bench.run $(BENCH_ARGS)

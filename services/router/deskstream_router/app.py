@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import faust
+from deskstream.events import Channel
 from deskstream.health import KafkaProbe, Readiness, scrape
 from deskstream.topics import ensure_named_topics
 from faust.web import Request, Response, View
@@ -42,6 +43,15 @@ def create_app(settings: RouterSettings) -> faust.App:
         broker_session_timeout=10.0,
         broker_heartbeat_interval=3.0,
         autodiscover=False,
+    )
+    t = settings.topics
+    # Written without transactions, so their offsets have no holes (see consumer.py).
+    app.set_dense_topics(
+        [
+            *(t.inbound(ch) for ch in Channel),
+            t.name("routing.requests"),
+            t.name("routing.agent-load"),
+        ]
     )
     topology = Topology(app, settings, Rules.load(settings.rules_path))
     metrics = RouterMetrics(settings)
