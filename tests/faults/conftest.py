@@ -1,0 +1,86 @@
+"""The fault-injection suite runs on its own infrastructure: it stops Kafka, MongoDB and
+Dovecot, which must never disturb another test session. Ports and run directory differ
+from the regular test infrastructure (`.run/faults`, ports +10000)."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import REPO, Infra, infra_cmd, infra_env
+from tests.faults.pipeline import RESULTS
+
+FAULT_RUN_DIR = REPO / ".run" / "faults"
+_OFFSET = int(os.environ.get("DESKSTREAM_TEST_PORT_OFFSET", "0"))
+FAULT_PORTS = {
+    name: port + _OFFSET
+    for name, port in {
+        "KAFKA": 39092,
+        "KAFKA_CONTROLLER": 39093,
+        "MONGO": 37217,
+        "IMAP": 20243,
+        "SMTP": 20225,
+    }.items()
+}
+
+
+class FaultInfra(Infra):
+    def stop(self, component: str) -> None:
+        infra_cmd("down", component, env=infra_env(FAULT_RUN_DIR, FAULT_PORTS))
+
+    def start(self, component: str) -> None:
+        infra_cmd("up", component, env=infra_env(FAULT_RUN_DIR, FAULT_PORTS))
+
+
+@pytest.fixture(scope="session")
+def infra() -> Iterator[FaultInfra]:
+    env = infra_env(FAULT_RUN_DIR, FAULT_PORTS)
+    infra_cmd("up", env=env)
+    try:
+        yield FaultInfra(
+            kafka=f"127.0.0.1:{FAULT_PORTS['KAFKA']}",
+            mongodb_uri=f"mongodb://127.0.0.1:{FAULT_PORTS['MONGO']}",
+            imap_host="127.0.0.1",
+            imap_port=FAULT_PORTS["IMAP"],
+            smtp_host="127.0.0.1",
+            smtp_port=FAULT_PORTS["SMTP"],
+            smtp_maildir=FAULT_RUN_DIR / "smtp" / "maildir",
+            local_kafka=True,
+        )
+    finally:
+        infra_cmd("down", env=env)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if not RESULTS:
+        return
+    header = (
+        "fault",
+        "events sent",
+        "persisted",
+        "lost",
+        "duplicates",
+        "dead-lettered",
+        "recovery s",
+    )
+    rows = [header] + [r.cells() for r in RESULTS]
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(header))]
+    terminalreporter.section("fault injection")
+    for n, row in enumerate(rows):
+        terminalreporter.write_line(
+            "  ".join(
+                str(c).ljust(w) if i == 0 else str(c).rjust(w)
+                for i, (c, w) in enumerate(zip(row, widths, strict=True))
+            )
+        )
+        if n == 0:
+            terminalreporter.write_line("  ".join("-" * w for w in widths))
+    out = Path(FAULT_RUN_DIR) / "results.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps([r.__dict__ for r in RESULTS], indent=2))
+    terminalreporter.write_line(f"raw results: {out}")
