@@ -19,7 +19,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from email.message import EmailMessage
 from typing import Any
@@ -119,7 +119,9 @@ class Traffic:
         self._imap_lock = threading.Lock()
         self._slots = asyncio.Semaphore(16)
 
-    async def drive(self, fault: Callable[[], Awaitable[float]], at: float = 0.3) -> float:
+    async def drive(
+        self, fault: Callable[[], Coroutine[Any, Any, float]], at: float = 0.3
+    ) -> float:
         """Send everything; start `fault` once `at` of the events were started. Returns
         the fault's recovery seconds."""
         http = httpx.AsyncClient(base_url=f"http://127.0.0.1:{self.desk.ports['ingest-chat']}")
