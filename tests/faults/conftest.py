@@ -1,6 +1,8 @@
 """The fault-injection suite runs on its own infrastructure: it stops Kafka, MongoDB and
 Dovecot, which must never disturb another test session. Ports and run directory differ
-from the regular test infrastructure (`.run/faults`, ports +10000)."""
+from the regular test infrastructure (`.run/faults`, ports 30xxx). All ports lie below the
+ephemeral range (32768-60999): a restarted broker could otherwise find its port taken as
+the local port of some client's connection."""
 
 from __future__ import annotations
 
@@ -20,11 +22,11 @@ _OFFSET = int(os.environ.get("DESKSTREAM_TEST_PORT_OFFSET", "0"))
 FAULT_PORTS = {
     name: port + _OFFSET
     for name, port in {
-        "KAFKA": 39092,
-        "KAFKA_CONTROLLER": 39093,
-        "MONGO": 37217,
-        "IMAP": 20243,
-        "SMTP": 20225,
+        "KAFKA": 30092,
+        "KAFKA_CONTROLLER": 30093,
+        "MONGO": 30217,
+        "IMAP": 30243,
+        "SMTP": 30225,
     }.items()
 }
 

@@ -49,6 +49,7 @@ class Row:
     duplicates: int
     dead_lettered: int
     recovery_s: float
+    restarts: int = 0  # by the supervisor (a process that exited), not by the fault itself
 
     def cells(self) -> tuple[str, ...]:
         return (
@@ -59,6 +60,7 @@ class Row:
             str(self.duplicates),
             str(self.dead_lettered),
             f"{self.recovery_s:.1f}",
+            str(self.restarts),
         )
 
 
@@ -66,9 +68,15 @@ RESULTS: list[Row] = []
 
 
 class FaultDesk(Desk):
-    """All five services on the fault infrastructure, ingest-social on the local X."""
+    """All five services on the fault infrastructure, ingest-social on the local X.
+
+    `supervise()` plays the part of compose's `restart: unless-stopped` and Kubernetes'
+    restart policy: a service process that exited is started again. A fault's own kill is
+    not the supervisor's business (`held` until the fault restarts it)."""
 
     x: XServer
+    held: set[str]
+    restarts: Counter[str]
 
     def env(self) -> dict[str, str]:
         return {
@@ -82,13 +90,24 @@ class FaultDesk(Desk):
         }
 
     def sigkill(self, name: str) -> None:
+        self.held.add(name)
         proc = self.procs[name]
         proc.send_signal(signal.SIGKILL)
         proc.wait(30)
 
     def restart(self, name: str) -> None:
-        log = self.logs / f"{name}-{len(self.procs)}-{time.monotonic():.0f}.log"
+        log = self.logs / f"{name}-{time.monotonic():.0f}.log"
         self.procs[name] = start_service(name, self.env(), self.ports[name], log)
+        self.held.discard(name)
+
+    async def supervise(self) -> None:
+        while True:
+            for name in SERVICES:
+                if name not in self.held and self.procs[name].poll() is not None:
+                    print(f"supervisor: {name} exited ({self.procs[name].returncode}); restarting")
+                    self.restarts[name] += 1
+                    self.restart(name)
+            await asyncio.sleep(0.5)
 
     def all_ready(self) -> bool:
         return all(readyz(self.ports[name]) == 200 for name in SERVICES)

@@ -13,6 +13,7 @@ import asyncio
 import base64
 import json
 import os
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -52,7 +53,7 @@ async def desk(
     infra: FaultInfra, topic_prefix: str, mongo_db: Any, tmp_path: Path, x: XServer
 ) -> AsyncIterator[FaultDesk]:
     desk = FaultDesk(infra, topic_prefix, mongo_db.name, tmp_path)
-    desk.x = x
+    desk.x, desk.held, desk.restarts = x, set(), Counter()
     try:
         desk.start(*SERVICES)
         await desk.load_demo_org()
@@ -74,8 +75,12 @@ async def run(
         return await desk.until_ready()
 
     traffic = Traffic(desk, EVENTS, RATE)
-    recovery = await traffic.drive(fault)
-    counts = await outcome(desk, db, traffic.accepted)
+    supervisor = asyncio.create_task(desk.supervise())
+    try:
+        recovery = await traffic.drive(fault)
+        counts = await outcome(desk, db, traffic.accepted)
+    finally:
+        supervisor.cancel()
     letters = await dead_letters(desk)
     row = Row(
         fault=name,
@@ -85,9 +90,10 @@ async def run(
         duplicates=counts["duplicates"],
         dead_lettered=len(letters),
         recovery_s=recovery,
+        restarts=sum(desk.restarts.values()),
     )
     RESULTS.append(row)
-    print(f"{row} retries by channel {dict(traffic.retries)} counts {counts}")
+    print(f"{row} retries {dict(traffic.retries)} restarts {dict(desk.restarts)} counts {counts}")
     assert traffic.accepted == EVENTS
     if counts["lost"] or counts["duplicates"]:
         print("by channel:", await where(desk, db))
