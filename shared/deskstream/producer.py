@@ -10,12 +10,15 @@ whose client library is blocking. Both count what Kafka acknowledged
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import OutOfOrderSequenceNumber, UnknownProducerId
 from pydantic import BaseModel
 
 from deskstream.cloudevents import Headers, ce_headers
@@ -72,14 +75,42 @@ def producer_config(settings: ServiceSettings) -> dict[str, Any]:
     }
 
 
+log = logging.getLogger(__name__)
+
+# An idempotent producer whose broker lost its sequence state (a broker restart with
+# batches in flight) gets these for every later send: it is wedged until replaced.
+PRODUCER_STATE_LOST = (OutOfOrderSequenceNumber, UnknownProducerId)
+
+
 class Publisher:
-    """An `AIOKafkaProducer` with the project's settings and a batched publish."""
+    """An `AIOKafkaProducer` with the project's settings and a batched publish.
+
+    A producer whose state the broker lost is replaced by a fresh one (a new producer id);
+    the publish that met it fails, so its caller answers or retries as for any failure.
+    (Seen after a 30-second broker outage: ingest-chat answered 503 to every webhook,
+    "OutOfOrderSequenceNumber", until restarted.)
+    """
 
     def __init__(self, settings: ServiceSettings) -> None:
         self.source = f"/deskstream/{settings.service_name}"
         self.meter = Meter.of(settings)
         self._config = producer_config(settings)
         self._producer: AIOKafkaProducer | None = None
+        self._renewing = asyncio.Lock()
+
+    async def _renew(self, wedged: Any, error: BaseException) -> None:
+        stop_wedged = wedged.stop
+        async with self._renewing:
+            if self._producer is not wedged:
+                return  # another publish replaced it already
+            log.warning(
+                "the broker lost this producer's state; starting a fresh producer",
+                extra={"error": repr(error)[:200]},
+            )
+            self._producer = None
+            with contextlib.suppress(Exception):
+                await stop_wedged()
+            await self.start()
 
     @property
     def producer(self) -> AIOKafkaProducer:
@@ -105,18 +136,27 @@ class Publisher:
     async def publish_many(self, records: Iterable[OutRecord]) -> None:
         """Send every record, then wait for all acks; raises if any send failed."""
         records = list(records)
-        futures = [
-            await self.producer.send(
-                r.topic,
-                key=r.key.encode("utf-8") if r.key is not None else None,
-                value=encode(r.value),
-                headers=ce_headers(event_id=r.event_id, event_type=r.event_type, source=self.source)
-                + (r.extra_headers or []),
-            )
-            for r in records
-        ]
+        producer = self.producer
+        try:
+            futures = [
+                await producer.send(
+                    r.topic,
+                    key=r.key.encode("utf-8") if r.key is not None else None,
+                    value=encode(r.value),
+                    headers=ce_headers(
+                        event_id=r.event_id, event_type=r.event_type, source=self.source
+                    )
+                    + (r.extra_headers or []),
+                )
+                for r in records
+            ]
+            if futures:
+                await asyncio.gather(*futures)
+        except PRODUCER_STATE_LOST as exc:
+            if not self._config.get("transactional_id"):  # a transactional one restarts whole
+                await self._renew(producer, exc)
+            raise
         if futures:
-            await asyncio.gather(*futures)
             self.meter.produced_each(
                 (r.topic, channel_of(r.value) or channel_of_topic(self.meter.bare(r.topic)))
                 for r in records

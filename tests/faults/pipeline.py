@@ -149,6 +149,12 @@ class Traffic:
         tasks: list[asyncio.Task[None]] = []
         try:
             for n in range(self.total):
+                if n % 100 == 0:
+                    print(
+                        f"traffic: {n} started, {self.accepted} accepted, "
+                        f"retries {dict(self.retries)}, {time.monotonic() - started:.0f} s",
+                        flush=True,
+                    )
                 if n == int(self.total * at):
                     fault_task = asyncio.create_task(fault())
                 delay = started + n / self.rate - time.monotonic()

@@ -71,8 +71,12 @@ async def run(
     poison: list[tuple[str, bytes]] | None = None,
 ) -> Row:
     async def fault() -> float:
+        print(f"fault {name}: injecting", flush=True)
         await inject()
-        return await desk.until_ready()
+        print(f"fault {name}: lifted; waiting until every service is ready", flush=True)
+        seconds = await desk.until_ready()
+        print(f"fault {name}: ready after {seconds:.1f} s", flush=True)
+        return seconds
 
     traffic = Traffic(desk, EVENTS, RATE)
     supervisor = asyncio.create_task(desk.supervise())
