@@ -7,7 +7,6 @@ from deskstream.logs import configure_logging
 
 from deskstream_router.app import create_app, ensure_internal_topics
 from deskstream_router.settings import RouterSettings
-from deskstream_router.watchdog import start_watchdog
 
 
 def main() -> None:
@@ -17,7 +16,6 @@ def main() -> None:
     ensure_internal_topics(app, settings)
     # Faust's worker handles SIGTERM/SIGINT itself: it stops the agents, commits offsets
     # and exits. Our JSON logging stays in place (override_logging=False).
-    start_watchdog(settings.http_port)
     worker = faust.Worker(app, loglevel=settings.log_level, override_logging=False, quiet=True)
     worker.execute_from_commandline()
 
