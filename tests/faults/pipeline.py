@@ -199,14 +199,29 @@ class Traffic:
         finally:
             self._slots.release()
 
-    async def _webhook(self, http: httpx.AsyncClient, n: int) -> bool:
+    async def canary(self, db: Any, timeout: float = 300) -> None:
+        """One more webhook event, sent now; returns once its ticket is in MongoDB."""
+        started = time.monotonic()
+        async with httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{self.desk.ports['ingest-chat']}"
+        ) as http:
+            while not await self._webhook(http, "canary"):
+                assert time.monotonic() - started < timeout, "the canary was never accepted"
+                await asyncio.sleep(0.2)
+        self.sent["webhook"] += 1
+        key = f"webhook:mattermost:support/{self.run}-canary"
+        while not await db["tickets"].find_one({"conversation_key": key}, {"_id": 1}):
+            assert time.monotonic() - started < timeout, "the canary never became a ticket"
+            await asyncio.sleep(0.2)
+
+    async def _webhook(self, http: httpx.AsyncClient, n: int | str) -> bool:
         body = json.dumps(
             {
                 "source": "mattermost",
                 "message_id": f"{self.run}-m{n}",
                 "conversation_id": f"support/{self.run}-{n}",
                 "sender": {"id": f"u-{n}", "name": f"User {n}", "handle": f"user{n}"},
-                "text": f"The printer on floor {n % 9} jams (request {self.run}-{n})",
+                "text": f"The printer on floor {hash(n) % 9} jams (request {self.run}-{n})",
             }
         ).encode()
         ts = str(int(time.time()))

@@ -4,7 +4,10 @@ dead-lettered with a reason, every service healthy again without a human.
 
 Each fault runs over EVENTS events (webhooks, mail and X mentions in turn) on a fresh topic
 prefix and database; the fault starts once 30% of them were sent and the rest keep coming
-while it lasts. The table is printed at the end of the run (tests/faults/conftest.py).
+while it lasts. Recovery is the time from lifting the fault (the restart, the server
+started again) until every service is ready and a new event, sent then, is a ticket in
+MongoDB. The table is printed at the end of the run (tests/faults/conftest.py); the raw
+rows go to `.run/faults/results.json`.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import asyncio
 import base64
 import json
 import os
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -73,9 +77,13 @@ async def run(
     async def fault() -> float:
         print(f"fault {name}: injecting", flush=True)
         await inject()
-        print(f"fault {name}: lifted; waiting until every service is ready", flush=True)
-        seconds = await desk.until_ready()
-        print(f"fault {name}: ready after {seconds:.1f} s", flush=True)
+        lifted = time.monotonic()
+        print(f"fault {name}: lifted; waiting for every service to be ready", flush=True)
+        await desk.until_ready()
+        # Recovered = a new event, sent now, is a ticket in MongoDB.
+        await traffic.canary(db)
+        seconds = time.monotonic() - lifted
+        print(f"fault {name}: a new event became a ticket {seconds:.1f} s after", flush=True)
         return seconds
 
     traffic = Traffic(desk, EVENTS, RATE)
@@ -98,7 +106,7 @@ async def run(
     )
     RESULTS.append(row)
     print(f"{row} retries {dict(traffic.retries)} restarts {dict(desk.restarts)} counts {counts}")
-    assert traffic.accepted == EVENTS
+    assert traffic.accepted == EVENTS + 1  # and the canary
     if counts["lost"] or counts["duplicates"]:
         print("by channel:", await where(desk, db))
     assert counts["lost"] == 0, counts
