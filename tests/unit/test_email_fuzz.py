@@ -42,7 +42,6 @@ from deskstream_ingest_email.normalise import (
     Publish,
     normalise,
 )
-from deskstream_ingest_email.parse import UnparseableMail, parse
 from deskstream_ingest_email.settings import Mailbox
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -97,10 +96,6 @@ def check_mail(raw: bytes) -> Outcome:
     """The whole property for one input; returns the outcome for the caller's tally."""
     tracemalloc.start()
     try:
-        try:
-            parsed = parse(raw, attachment_limit=LIMIT)
-        except UnparseableMail:
-            parsed = None
         outcome = normalise(raw, SOURCE, CONFIG)
         _, peak = tracemalloc.get_traced_memory()
     finally:
@@ -109,16 +104,10 @@ def check_mail(raw: bytes) -> Outcome:
         f"{peak} bytes at peak for a {len(raw)}-byte mail"
     )
     if isinstance(outcome, DeadLetter):
-        # Only the documented refusal; anything else is a parser bug that the worker's
-        # safety net happened to catch.
+        # Only parse's documented refusal; any other type is a bug that the worker's
+        # safety net (normalise catches everything) happened to catch.
         assert outcome.error_type == "UnparseableMail", outcome
-        assert parsed is None, "parse accepted what normalise refused"
         assert outcome.event_id == SOURCE.fallback_event_id
-    else:
-        assert parsed is not None
-        for att in parsed.attachments:
-            assert att.omitted == (att.size > LIMIT), att
-            assert (att.sha256 is None) == att.omitted, att
     if isinstance(outcome, Ignore):
         assert outcome.event_id
     if isinstance(outcome, Publish):
@@ -137,6 +126,9 @@ def check_published(msg: InboundMessage) -> None:
     assert len(msg.attachments) <= 200
     assert "@" in msg.sender.id
     assert msg.raw_ref == SOURCE.raw_ref
+    for att in msg.attachments:
+        assert att.omitted == (att.size > LIMIT), att
+        assert (att.sha256 is None) == att.omitted, att
 
 
 # --- mutations of real mail ------------------------------------------------------------
@@ -440,16 +432,16 @@ def fuzz(strategy: st.SearchStrategy[bytes], target: str, cases: int) -> Counter
 
 @pytest.mark.timeout(900)
 def test_mutated_corpus_mail_is_parsed_ignored_or_refused() -> None:
-    outcomes = fuzz(mutated_mail(), "mutated corpus", 2500)
-    assert sum(outcomes.values()) >= 2500
+    outcomes = fuzz(mutated_mail(), "mutated corpus", 2000)
+    assert sum(outcomes.values()) >= 2000
     # Mutations that only ever made dead letters (or only tickets) would test little.
     assert {"Publish", "Ignore", "DeadLetter"} <= set(outcomes), outcomes
 
 
 @pytest.mark.timeout(600)
 def test_generated_mime_is_parsed_ignored_or_refused() -> None:
-    outcomes = fuzz(generated_mail(), "generated MIME", 1500)
-    assert sum(outcomes.values()) >= 1500
+    outcomes = fuzz(generated_mail(), "generated MIME", 1000)
+    assert sum(outcomes.values()) >= 1000
     assert {"Publish", "DeadLetter"} <= set(outcomes), outcomes
 
 
