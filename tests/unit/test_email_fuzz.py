@@ -22,6 +22,7 @@ tried.
 from __future__ import annotations
 
 import re
+import time
 import tracemalloc
 from collections import Counter
 from collections.abc import Callable
@@ -464,3 +465,82 @@ def test_the_big_attachment_mail_meets_the_property() -> None:
     outcome = check_mail(raw)
     assert isinstance(outcome, Publish)
     assert any(a.omitted for a in outcome.message.attachments)
+
+
+# --- what the fuzzing found, kept as plain examples --------------------------------------
+
+_PLAIN = b"From: Maria <maria@example.com>\nSubject: VPN\nMessage-ID: <f1@example.com>\n"
+FOUND: dict[str, tuple[bytes, str]] = {
+    # A charset naming a codec that is no text encoding, refusing errors=replace, or a NUL.
+    **{
+        f"charset {label!r}": (
+            _PLAIN + b"Content-Type: text/plain; charset=" + label + b"\n\nthe VPN drops\n",
+            "Publish",
+        )
+        for label in (b"rot13", b"base64", b"idna", b'"\x00"')
+    },
+    # CPython's get_body() walked the characters of a multipart/related without parts.
+    "related without its parts": (
+        _PLAIN + b'Content-Type: multipart/mixed; boundary="zz"\n\n--zz\n'
+        b'Content-Type: multipart/related; boundary="zz"\n\n\n',
+        "Publish",
+    ),
+    # A raw Latin-1 display name was a lone surrogate, which no InboundMessage takes.
+    "8-bit display name": (
+        b"From: M\xfcller <mueller@example.com>\nSubject: Dr\xfccker\n\nkaputt\n",
+        "Publish",
+    ),
+    # get_payload() decodes 8-bit text in the declared charset and failed on 'undefined'.
+    "undefined charset of a broken multipart": (
+        _PLAIN + b"Content-Type: multipart/mixed; boundary=zz; charset=undefined\n\n\xff\xfe\n",
+        "Publish",
+    ),
+    # Minutes of CPU or a blown stack for one mail, before the limits.
+    "200 kB From without @ (quadratic regex)": (
+        b"From: " + b"a" * 200_000 + b"\nSender: s@example.com\n\nhi\n",
+        "Publish",
+    ),
+    "16 kB of quotes in a Content-Type": (
+        _PLAIN + b'Content-Type: text/plain; name="' + b'"' * 16_000 + b"\n\nhi\n",
+        "Publish",
+    ),
+    "600 nested comments in a Content-Type": (
+        _PLAIN
+        + b"Content-Type: text/plain; charset=utf-8 "
+        + b"(" * 600
+        + b")" * 600
+        + b"\n\nhi\n",
+        "Publish",
+    ),
+    "1500 nested multiparts": (
+        _PLAIN
+        + b"".join(
+            b"Content-Type: multipart/mixed; boundary=b%d\n\n--b%d\n" % (i, i) for i in range(1500)
+        ),
+        "UnparseableMail",
+    ),
+    "20000 header fields": (_PLAIN + b"X-Spam: x\n" * 20_000 + b"\nhi\n", "UnparseableMail"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FOUND))
+def test_what_the_fuzzing_found_is_handled_quickly(name: str) -> None:
+    raw, expected = FOUND[name]
+    started = time.monotonic()
+    outcome = check_mail(raw)
+    assert time.monotonic() - started < 3, "one mail must not take seconds"
+    if expected == "Publish":
+        assert isinstance(outcome, Publish), outcome
+    else:
+        assert isinstance(outcome, DeadLetter), outcome
+        assert outcome.error_type == expected
+
+
+def test_raw_8bit_names_are_read_as_utf8_or_windows_1252() -> None:
+    outcome = check_mail(FOUND["8-bit display name"][0])
+    assert isinstance(outcome, Publish)
+    assert outcome.message.sender.display_name == "Müller"
+    utf8 = b"From: M\xc3\xbcller <mueller@example.com>\n\nkaputt\n"
+    outcome = check_mail(utf8)
+    assert isinstance(outcome, Publish)
+    assert outcome.message.sender.display_name == "Müller"
