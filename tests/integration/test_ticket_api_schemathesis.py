@@ -82,7 +82,7 @@ def existing(desk: ServedDesk, method: str, role: str) -> dict[str, str]:
     if method == "DELETE":
         return {}
     return {
-        "ticket_id": desk.ids["other-ticket" if role == "other-portal" else "ticket"],
+        "ticket_id": desk.ids["ticket"],
         "agent_id": desk.ids["agent"],
         "team_id": desk.ids["team"],
         "service_id": desk.ids["service"],
