@@ -528,7 +528,8 @@ def test_what_the_fuzzing_found_is_handled_quickly(name: str) -> None:
     raw, expected = FOUND[name]
     started = time.monotonic()
     outcome = check_mail(raw)
-    assert time.monotonic() - started < 3, "one mail must not take seconds"
+    # Here 0.01-1 s each (before the fixes: minutes, or a crash); loaded CI gets slack.
+    assert time.monotonic() - started < 10, "one mail must not take many seconds"
     if expected == "Publish":
         assert isinstance(outcome, Publish), outcome
     else:
