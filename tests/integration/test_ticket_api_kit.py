@@ -403,3 +403,81 @@ class CuttingProxy:
         for w in (writer, up_writer):
             with contextlib.suppress(Exception):
                 w.close()
+
+
+# --- A served ticket-api with a small desk and a key per role -------------------------
+
+
+@dataclass
+class ServedDesk:
+    """The ticket-api through its entry point, seeded over REST (and Kafka for tickets).
+
+    `keys` has one key per role (admin, agent, portal) and one of a second portal user
+    (`other-portal`); `ids` names what exists: a team, an agent (the agent key's), a
+    service, the portal user's ticket and contact, and the other user's ticket.
+    """
+
+    service: Service
+    keys: dict[str, str]
+    ids: dict[str, str]
+
+    @property
+    def url(self) -> str:
+        return self.service.url
+
+    def headers(self, role: str | None) -> dict[str, str]:
+        return {} if role is None else {"Authorization": f"Bearer {self.keys[role]}"}
+
+
+@contextlib.asynccontextmanager
+async def served_desk(
+    infra: Infra, prefix: str, database: str, log_dir: Path, **env: str
+) -> AsyncIterator[ServedDesk]:
+    service = start_service(infra, prefix, database, log_dir, **env)
+    try:
+        await wait_ready(service, timeout=60)
+        yield await _seed(infra, prefix, service)
+    finally:
+        stop_service(service)
+
+
+async def _seed(infra: Infra, prefix: str, service: Service) -> ServedDesk:
+    admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    named = {"team": "network", "agent": "alice", "service": "vpn"}
+    async with httpx.AsyncClient(base_url=service.url, headers=admin, timeout=30) as http:
+        for path, body in (
+            ("/v1/teams", {"team_id": "network", "name": "Network"}),
+            (
+                "/v1/agents",
+                {"agent_id": "alice", "name": "Alice", "teams": ["network"], "skills": {"vpn": 4}},
+            ),
+            ("/v1/catalogue/services", {"service_id": "vpn", "name": "VPN", "team": "network"}),
+        ):
+            resp = await http.post(path, json=body)
+            assert resp.status_code == 201, resp.text
+        keys = {"admin": ADMIN_KEY}
+        for role, kind, subject in (
+            ("agent", "agent", "alice"),
+            ("portal", "portal", "maria"),
+            ("other-portal", "portal", "omar"),
+        ):
+            resp = await http.post("/v1/api-keys", json={"role": kind, "subject": subject})
+            assert resp.status_code == 201, resp.text
+            keys[role] = resp.json()["key"]
+        mine = inbound(source_id="maria-1", channel=Channel.PORTAL, sender="maria", kind="portal")
+        theirs = inbound(source_id="omar-1", channel=Channel.PORTAL, sender="omar", kind="portal")
+        await publish_commands(
+            infra, f"{prefix}tickets.commands", [create_cmd(mine), create_cmd(theirs)]
+        )
+        named["ticket"] = ids.ticket_id_for(mine.event_id)
+        named["other-ticket"] = ids.ticket_id_for(theirs.event_id)
+        deadline = time.monotonic() + 60
+        for ticket in (named["ticket"], named["other-ticket"]):
+            while (await http.get(f"/v1/tickets/{ticket}")).status_code != 200:
+                assert time.monotonic() < deadline, f"ticket {ticket} never appeared"
+                await asyncio.sleep(0.2)
+        portal = {"Authorization": f"Bearer {keys['portal']}"}
+        resp = await http.get("/v1/portal/contact", headers=portal)
+        assert resp.status_code == 200, resp.text
+        named["contact"] = resp.json()["contact_id"]
+    return ServedDesk(service, keys, named)

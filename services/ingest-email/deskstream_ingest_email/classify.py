@@ -33,7 +33,9 @@ class ClassifyContext:
 Rule = Callable[[Message, str, ClassifyContext], bool]
 
 _DAEMONS = {"mailer-daemon", "postmaster", "mail-daemon", "mailerdaemon"}
-_ADDR = re.compile(r"[^\s<>\"',;()]+@[^\s<>\"',;()]+")
+# Matches start only where a word starts, so a long run without `@` is scanned once (see
+# parse._ANGLE_LESS).
+_ADDR = re.compile(r"(?<![^\s<>\"',;()])[^\s<>\"',;()]+@[^\s<>\"',;()]+")
 # Values of X-Auto-Response-Suppress that Exchange writes on its own automatic mail.
 _SUPPRESS_MARKERS = {"all", "oof", "autoreply"}
 _LIST_ID = re.compile(r"<([^<>]+)>")

@@ -1,10 +1,11 @@
 """MIME parsing: the bytes of one mail -> `ParsedMail` (headers, bodies, attachment metadata).
 
 Pure (no I/O), so every captured mail can be checked in a unit test. Built on the standard
-library's `email` with `policy.default`; real mail is often broken, so every step has a
-fallback: an unknown charset decodes with replacement characters, a broken MIME boundary
-falls back to the raw payload, an unparseable Date is left to the caller. Only mail without
-any usable header (no sender) is refused, with `UnparseableMail`.
+library's `email` with `policy.default` (fields cut to a limit); real mail is often broken,
+so every step has a fallback: an unknown charset decodes with replacement characters, a
+broken MIME boundary falls back to the raw payload, an unparseable Date is left to the
+caller. Mail without any usable header (no sender) is refused, with `UnparseableMail`; so
+is mail nested deeper or in more parts than the limits below.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from datetime import UTC, datetime
 from email.header import decode_header, make_header
 from email.headerregistry import Address
 from email.message import EmailMessage, Message
+from typing import Any
 
 from deskstream.events import Attachment
 
@@ -48,9 +50,65 @@ _CHARSET_ALIASES = {
     "tis-620": "cp874",
 }
 _MSGID = re.compile(r"<([^<>]+)>")
-_ANGLE_LESS = re.compile(r"[^\s<>]+@[^\s<>]+")
+# The look-behind starts a match only where a word starts: without it a long run with no
+# `@` is rescanned from each of its characters (quadratic: a 200 kB header took 90 s).
+_ANGLE_LESS = re.compile(r"(?<![^\s<>])[^\s<>]+@[^\s<>]+")
 _WS = re.compile(r"\s+")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 MAX_ID = 200
+# Limits on what the standard library is asked to parse. Its structured header parsers take
+# time and memory quadratic in a field's length (4 kB of unbalanced quotes in a From: 14 MB
+# and 0.4 s; 16 kB in a Content-Type: 3-12 s; 200 kB: minutes), and it walks nested parts
+# by recursion. Longer fields are cut to these lengths before they are parsed
+# (`_BoundedPolicy`); more nesting, parts or fields refuse the mail. Real mail stays below
+# them: a From or Content-* value is short even with an RFC 2231 file name, and the
+# Message-ID lists of a long thread keep their root, which comes first.
+MAX_FIELD_CHARS = 1_024  # From, Sender, To, ... and every field not named below
+MAX_MIME_FIELD_CHARS = 2_048  # Content-Type, Content-Disposition, ... of any part
+MAX_LONG_FIELD_CHARS = 8_192  # the fields below (~100 Message-IDs)
+_LONG_FIELDS = frozenset({"references", "in-reply-to", "message-id", "subject"})
+MAX_DEPTH = 50  # multiparts and attached mails inside each other
+MAX_PARTS = 500
+MAX_FIELDS = 1_000  # header fields of one part (each lookup reads them all)
+MAX_COMMENT_DEPTH = 32  # (comments (inside comments)) of a header field
+
+
+def field_limit(name: str) -> int:
+    key = name.lower()
+    if key.startswith("content-"):
+        return MAX_MIME_FIELD_CHARS
+    return MAX_LONG_FIELD_CHARS if key in _LONG_FIELDS else MAX_FIELD_CHARS
+
+
+class _BoundedPolicy(email.policy.EmailPolicy):
+    """`policy.default`, but a field is cut to its limit before it is parsed.
+
+    Every parse goes through here, the parser's own (it reads Content-Type while it splits
+    the parts) included, so no field of any length reaches the quadratic parsers.
+    """
+
+    def header_fetch_parse(self, name: str, value: str) -> Any:
+        limit = field_limit(name)
+        value = value[:limit] if len(value) > limit else value
+        if value.count("(") > MAX_COMMENT_DEPTH and _comment_depth(value) > MAX_COMMENT_DEPTH:
+            # The parsers recurse once per nested comment: 300 levels exhaust the stack.
+            # Comments carry nothing the desk reads, so such a field is read without them.
+            value = value.replace("(", " ").replace(")", " ")
+        return super().header_fetch_parse(name, value)
+
+
+def _comment_depth(value: str) -> int:
+    depth = deepest = 0
+    for char in value:
+        if char == "(":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char == ")":
+            depth = max(depth - 1, 0)
+    return deepest
+
+
+POLICY = _BoundedPolicy()
 
 
 class UnparseableMail(ValueError):
@@ -80,16 +138,24 @@ def parse(raw: bytes, *, attachment_limit: int) -> ParsedMail:
     """Parse one mail; raises `UnparseableMail` when it has no headers or no sender."""
     if not raw.strip():
         raise UnparseableMail("empty message")
-    msg = email.message_from_bytes(raw, policy=email.policy.default)
+    # The parser's own cost grows with the square of the nesting depth (1500 levels: whole
+    # seconds), so what could open more parts than allowed is refused before it parses.
+    lowered = raw.lower()
+    if lowered.count(b"boundary") + lowered.count(b"message/") > MAX_PARTS:
+        raise UnparseableMail(f"more than {MAX_PARTS} MIME boundaries or attached mails")
+    msg = email.message_from_bytes(raw, policy=POLICY)
     assert isinstance(msg, EmailMessage)  # policy.default makes EmailMessage objects
     if not msg.keys():
         raise UnparseableMail("no RFC 5322 header fields")
+    check_limits(msg)
     sender = _sender(msg)
     if sender is None:
         raise UnparseableMail("no sender: no usable From or Sender header")
     address, name = sender
     # The structure comes from the repaired message; the defects stay on record.
     structure = repair_boundary(msg) or msg
+    if structure is not msg:
+        check_limits(structure)  # the repair may have found parts the first read did not
     body = _Bodies.of(structure)
     text, full_text = body.texts()
     return ParsedMail(
@@ -109,6 +175,24 @@ def parse(raw: bytes, *, attachment_limit: int) -> ParsedMail:
         locale=_locale(msg),
         defects=_defects(msg),
     )
+
+
+def check_limits(msg: Message) -> None:
+    """Refuse a mail nested too deep, in too many parts or fields (walked without recursion)."""
+    stack: list[tuple[Message, int]] = [(msg, 1)]
+    parts = 0
+    while stack:
+        part, depth = stack.pop()
+        parts += 1
+        if depth > MAX_DEPTH:
+            raise UnparseableMail(f"MIME parts nested deeper than {MAX_DEPTH}")
+        if parts > MAX_PARTS:
+            raise UnparseableMail(f"more than {MAX_PARTS} MIME parts")
+        if len(part) > MAX_FIELDS:
+            raise UnparseableMail(f"more than {MAX_FIELDS} header fields in one part")
+        if part.is_multipart():  # a list of parts; only then no charset is involved
+            payload = part.get_payload()
+            stack.extend((p, depth + 1) for p in payload if isinstance(p, Message))
 
 
 # --- Message-IDs ----------------------------------------------------------------------
@@ -159,7 +243,26 @@ def _header(msg: Message, name: str) -> str:
             if key.lower() == name.lower():
                 value = raw
                 break
-    return str(value) if value is not None else ""
+    return clean(str(value)) if value is not None else ""
+
+
+def clean(text: str) -> str:
+    """Header text without lone surrogates, which no JSON encoder or pydantic model takes.
+
+    The stdlib keeps the raw 8-bit bytes of a header (a name in Latin-1 or UTF-8 without
+    RFC 2047 words) as surrogate escapes; they are read as UTF-8, else as Windows-1252.
+    Other lone surrogates (from an encoded word in UTF-16, say) become U+FFFD.
+    """
+    if not _SURROGATE.search(text):
+        return text
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return _SURROGATE.sub("\ufffd", text)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("cp1252", "replace")
 
 
 def _defects(msg: EmailMessage) -> list[str]:
@@ -180,8 +283,8 @@ def _sender(msg: EmailMessage) -> tuple[str, str | None] | None:
             addresses = ()
         for addr in addresses:
             if addr.addr_spec and "@" in addr.addr_spec:
-                display = _WS.sub(" ", addr.display_name).strip() or None
-                return addr.addr_spec.lower(), display
+                display = _WS.sub(" ", clean(addr.display_name)).strip() or None
+                return clean(addr.addr_spec).lower(), display
         raw = _header(msg, name)
         match = _ANGLE_LESS.search(raw)
         if match:
@@ -214,9 +317,14 @@ def decode_bytes(payload: bytes, charset: str | None) -> str:
     name = _CHARSET_ALIASES.get(name, name)
     try:
         codecs.lookup(name)
-    except LookupError:
+    except (LookupError, ValueError):  # ValueError: a label with a NUL in it
         name = "utf-8"  # an unknown label: keep going with U+FFFD for what does not fit
-    return payload.decode(name, errors="replace")
+    try:
+        return payload.decode(name, errors="replace")
+    except (LookupError, UnicodeError):
+        # A label that names a codec but no text encoding (base64, rot13, hex: LookupError)
+        # or one that refuses errors="replace" (idna: UnicodeError) is as good as unknown.
+        return payload.decode("utf-8", errors="replace")
 
 
 def _part_bytes(part: Message) -> bytes:
@@ -255,8 +363,8 @@ class _Bodies:
 
     @classmethod
     def of(cls, msg: EmailMessage) -> _Bodies:
-        plain = msg.get_body(preferencelist=("plain",))
-        html = msg.get_body(preferencelist=("html",))
+        plain = _body_part(msg, "plain")
+        html = _body_part(msg, "html")
         if plain is None and html is None:
             if msg.is_multipart() or msg.get_content_maintype() != "text":
                 # A multipart whose boundary is missing (StartBoundaryNotFoundDefect): the
@@ -292,10 +400,40 @@ class _Bodies:
         return (new if new.strip() else full), full
 
 
+def _body_part(msg: EmailMessage, subtype: str) -> Message | None:
+    try:
+        return msg.get_body(preferencelist=(subtype,))
+    except AttributeError:
+        # CPython's `_find_body` asks `self.is_multipart()` where it means the part, so a
+        # nested multipart/related without its parts (a boundary that never occurs: the
+        # payload is text) makes it walk the characters of that text. Search ourselves.
+        for part in _leaves(msg):
+            if part.get_content_type() == f"text/{subtype}" and not _is_attachment(part):
+                return part
+        return None
+
+
+def _is_attachment(part: Message) -> bool:
+    return part.get_content_disposition() == "attachment"
+
+
 def _raw_text(msg: Message) -> str:
-    payload = msg.get_payload()
-    text = payload if isinstance(payload, str) else ""
-    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    return _payload_text(msg).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def _payload_text(part: Message) -> str:
+    """The payload of a part that is no multipart, as text, undecoded.
+
+    The stdlib reads 8-bit text in the part's declared charset and fails on labels such as
+    `undefined` (UnicodeError), one with a NUL (ValueError) or an RFC 2231 tuple (TypeError);
+    then the bytes come as they are (surrogate-escaped).
+    """
+    try:
+        payload = part.get_payload()
+    except (UnicodeError, ValueError, TypeError):
+        raw = part.get_payload(decode=True)
+        payload = raw.decode("ascii", "surrogateescape") if isinstance(raw, bytes) else ""
+    return payload if isinstance(payload, str) else ""
 
 
 _DELIMITER = re.compile(r"^--([^\s]{1,70}?)(--)?[ \t]*\r?$", re.MULTILINE)
@@ -309,14 +447,14 @@ def repair_boundary(msg: EmailMessage) -> EmailMessage | None:
     """
     if msg.is_multipart() or msg.get_content_maintype() != "multipart":
         return None
-    body = msg.get_payload()
-    match = _DELIMITER.search(body) if isinstance(body, str) else None
-    if match is None or not isinstance(body, str):
+    body = _payload_text(msg)
+    match = _DELIMITER.search(body)
+    if match is None:
         return None
     head = "".join(f"{k}: {v}\n" for k, v in msg.raw_items() if k.lower() != "content-type")
     ctype = f'Content-Type: {msg.get_content_type()}; boundary="{match.group(1)}"\n'
     rebuilt = (head + ctype + "\n" + body).encode("utf-8", "surrogateescape")
-    repaired = email.message_from_bytes(rebuilt, policy=email.policy.default)
+    repaired = email.message_from_bytes(rebuilt, policy=POLICY)
     return repaired if isinstance(repaired, EmailMessage) and repaired.is_multipart() else None
 
 
@@ -338,7 +476,7 @@ def _attachments(msg: EmailMessage, body_parts: list[Message], limit: int) -> li
         if any(part is b for b in body_parts):
             continue
         filename = _filename(part)
-        content_id = (part.get("Content-ID") or "").strip().strip("<>") or None
+        content_id = clean(str(part.get("Content-ID") or "")).strip().strip("<>") or None
         disposition = part.get_content_disposition()
         maintype = part.get_content_maintype()
         # Alternative bodies and report parts without a name are structure, not files.
@@ -352,7 +490,7 @@ def _attachments(msg: EmailMessage, body_parts: list[Message], limit: int) -> li
         found.append(
             Attachment(
                 filename=filename[:500] if filename else _default_name(part),
-                content_type=part.get_content_type()[:200],
+                content_type=clean(part.get_content_type())[:200],
                 size=len(data),
                 content_id=content_id[:200] if content_id else None,
                 inline=disposition == "inline" or (content_id is not None and not disposition),
@@ -376,7 +514,7 @@ def _filename(part: Message) -> str | None:
     if "=?" in name:  # RFC 2047 words inside a quoted parameter (Exchange does this)
         with contextlib.suppress(Exception):  # undecodable: keep the name as written
             name = str(make_header(decode_header(name)))
-    return _WS.sub(" ", name).strip() or None
+    return _WS.sub(" ", clean(name)).strip() or None
 
 
 def _default_name(part: Message) -> str | None:

@@ -14,10 +14,12 @@ from deskstream_ticket_api.routes import (
     teams,
     tickets,
 )
+from deskstream_ticket_api.routes.deps import documented
 
 
 def v1() -> APIRouter:
-    router = APIRouter(prefix="/v1")
+    # Every route needs a key and may find the store away; each module names the rest.
+    router = APIRouter(prefix="/v1", responses=documented(401, 503))
     for module in (tickets, agents, teams, catalogue, portal, api_keys, contacts, ops):
         router.include_router(module.router)
     return router

@@ -17,9 +17,16 @@ from deskstream_ticket_api.models import (
     PresenceUpdate,
     ResourceId,
 )
-from deskstream_ticket_api.routes.deps import AgentIdPath, PageParams, RuntimeDep, capped
+from deskstream_ticket_api.routes.deps import (
+    BODY,
+    AgentIdPath,
+    PageParams,
+    RuntimeDep,
+    capped,
+    documented,
+)
 
-router = APIRouter(tags=["agents"])
+router = APIRouter(tags=["agents"], responses=documented(403))
 Admin = Annotated[Principal, Depends(ADMIN)]
 Staff = Annotated[Principal, Depends(STAFF)]
 
@@ -48,19 +55,24 @@ async def list_agents(
     return Page(items=[AgentRead.from_doc(d) for d in docs], next_cursor=cursor)
 
 
-@router.post("/agents", response_model=AgentRead, status_code=status.HTTP_201_CREATED)
+@router.post(
+    "/agents",
+    response_model=AgentRead,
+    status_code=status.HTTP_201_CREATED,
+    responses=documented(*BODY, 409),
+)
 async def create_agent(rt: RuntimeDep, _: Admin, body: AgentCreate) -> AgentRead:
     doc = await roster.create_agent(store=rt.store, topics=rt.topics, body=body)
     rt.waker.wake()
     return AgentRead.from_doc(doc)
 
 
-@router.get("/agents/{agent_id}", response_model=AgentRead)
+@router.get("/agents/{agent_id}", response_model=AgentRead, responses=documented(404))
 async def read_agent(rt: RuntimeDep, _: Staff, agent_id: AgentIdPath) -> AgentRead:
     return AgentRead.from_doc(await roster.get_agent(db=rt.store.db, agent_id=agent_id))
 
 
-@router.patch("/agents/{agent_id}", response_model=AgentRead)
+@router.patch("/agents/{agent_id}", response_model=AgentRead, responses=documented(*BODY, 404))
 async def update_agent(
     rt: RuntimeDep, _: Admin, agent_id: AgentIdPath, body: AgentUpdate
 ) -> AgentRead:
@@ -71,7 +83,9 @@ async def update_agent(
     return AgentRead.from_doc(doc)
 
 
-@router.delete("/agents/{agent_id}", status_code=status.HTTP_204_NO_CONTENT)
+@router.delete(
+    "/agents/{agent_id}", status_code=status.HTTP_204_NO_CONTENT, responses=documented(404)
+)
 async def delete_agent(rt: RuntimeDep, _: Admin, agent_id: AgentIdPath) -> Response:
     """Removes the agent; a tombstone on agents.state removes them downstream too."""
     await roster.delete_agent(store=rt.store, topics=rt.topics, agent_id=agent_id)
@@ -79,7 +93,9 @@ async def delete_agent(rt: RuntimeDep, _: Admin, agent_id: AgentIdPath) -> Respo
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-@router.put("/agents/{agent_id}/presence", response_model=AgentRead)
+@router.put(
+    "/agents/{agent_id}/presence", response_model=AgentRead, responses=documented(*BODY, 404)
+)
 async def set_presence(
     rt: RuntimeDep,
     who: Annotated[Principal, Depends(STAFF)],

@@ -15,9 +15,16 @@ from deskstream_ticket_api.models import (
     ServiceRead,
     ServiceUpdate,
 )
-from deskstream_ticket_api.routes.deps import PageParams, RuntimeDep, ServiceIdPath, capped
+from deskstream_ticket_api.routes.deps import (
+    BODY,
+    PageParams,
+    RuntimeDep,
+    ServiceIdPath,
+    capped,
+    documented,
+)
 
-router = APIRouter(tags=["catalogue"])
+router = APIRouter(tags=["catalogue"], responses=documented(403))
 Admin = Annotated[Principal, Depends(ADMIN)]
 Staff = Annotated[Principal, Depends(STAFF)]
 
@@ -46,19 +53,30 @@ async def list_services(
     return Page(items=[ServiceRead.from_doc(d) for d in docs], next_cursor=cursor)
 
 
-@router.post("/catalogue/services", response_model=ServiceRead, status_code=status.HTTP_201_CREATED)
+@router.post(
+    "/catalogue/services",
+    response_model=ServiceRead,
+    status_code=status.HTTP_201_CREATED,
+    responses=documented(*BODY, 409),
+)
 async def create_service(rt: RuntimeDep, _: Admin, body: ServiceCreate) -> ServiceRead:
     doc = await catalogue.create_service(store=rt.store, topics=rt.topics, body=body)
     rt.waker.wake()
     return ServiceRead.from_doc(doc)
 
 
-@router.get("/catalogue/services/{service_id}", response_model=ServiceRead)
+@router.get(
+    "/catalogue/services/{service_id}", response_model=ServiceRead, responses=documented(404)
+)
 async def read_service(rt: RuntimeDep, _: Staff, service_id: ServiceIdPath) -> ServiceRead:
     return ServiceRead.from_doc(await catalogue.get_service(db=rt.store.db, service_id=service_id))
 
 
-@router.patch("/catalogue/services/{service_id}", response_model=ServiceRead)
+@router.patch(
+    "/catalogue/services/{service_id}",
+    response_model=ServiceRead,
+    responses=documented(*BODY, 404),
+)
 async def update_service(
     rt: RuntimeDep, _: Admin, service_id: ServiceIdPath, body: ServiceUpdate
 ) -> ServiceRead:
@@ -69,7 +87,11 @@ async def update_service(
     return ServiceRead.from_doc(doc)
 
 
-@router.delete("/catalogue/services/{service_id}", status_code=status.HTTP_204_NO_CONTENT)
+@router.delete(
+    "/catalogue/services/{service_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=documented(404),
+)
 async def delete_service(rt: RuntimeDep, _: Admin, service_id: ServiceIdPath) -> Response:
     """Removes the service; a tombstone on catalogue.services removes it downstream too."""
     await catalogue.delete_service(store=rt.store, topics=rt.topics, service_id=service_id)

@@ -21,7 +21,7 @@ from deskstream_ticket_api.models import (
     UnmergeCreate,
     UnmergeRead,
 )
-from deskstream_ticket_api.routes.deps import Cursor, RuntimeDep, capped
+from deskstream_ticket_api.routes.deps import BODY, Cursor, RuntimeDep, capped, documented
 
 router = APIRouter(tags=["contacts"])
 Admin = Annotated[Principal, Depends(ADMIN)]
@@ -45,7 +45,7 @@ class ContactFilters(BaseModel):
     cursor: Cursor | None = None
 
 
-@router.get("/contacts", response_model=Page[ContactRead])
+@router.get("/contacts", response_model=Page[ContactRead], responses=documented(403))
 async def list_contacts(
     rt: RuntimeDep, _: Staff, filters: Annotated[ContactFilters, Query()]
 ) -> Page[ContactRead]:
@@ -60,7 +60,7 @@ async def list_contacts(
     return Page(items=[ContactRead.from_doc(d) for d in docs], next_cursor=cursor)
 
 
-@router.get("/contacts/{contact_id}", response_model=ContactRead)
+@router.get("/contacts/{contact_id}", response_model=ContactRead, responses=documented(404))
 async def read_contact(rt: RuntimeDep, who: Anyone, contact_id: ContactIdPath) -> ContactRead:
     """A contact with its identities and ticket count; a merged one answers with its survivor.
 
@@ -76,7 +76,11 @@ async def read_contact(rt: RuntimeDep, who: Anyone, contact_id: ContactIdPath) -
     return ContactRead.from_doc(doc, ticket_count=count)
 
 
-@router.get("/contacts/{contact_id}/suggestions", response_model=list[SuggestionRead])
+@router.get(
+    "/contacts/{contact_id}/suggestions",
+    response_model=list[SuggestionRead],
+    responses=documented(403, 404),
+)
 async def suggestions(rt: RuntimeDep, _: Staff, contact_id: ContactIdPath) -> list[SuggestionRead]:
     """Contacts that may be the same person (same unverified address, name or handle), and why.
 
@@ -89,7 +93,11 @@ async def suggestions(rt: RuntimeDep, _: Staff, contact_id: ContactIdPath) -> li
     ]
 
 
-@router.post("/contacts/{contact_id}/merge", response_model=MergeRead)
+@router.post(
+    "/contacts/{contact_id}/merge",
+    response_model=MergeRead,
+    responses=documented(*BODY, 403, 404, 409),
+)
 async def merge(
     rt: RuntimeDep, who: Admin, contact_id: ContactIdPath, body: MergeCreate
 ) -> MergeRead:
@@ -104,7 +112,11 @@ async def merge(
     )
 
 
-@router.post("/contacts/{contact_id}/unmerge", response_model=UnmergeRead)
+@router.post(
+    "/contacts/{contact_id}/unmerge",
+    response_model=UnmergeRead,
+    responses=documented(*BODY, 403, 404, 409),
+)
 async def unmerge(
     rt: RuntimeDep, who: Admin, contact_id: ContactIdPath, body: UnmergeCreate
 ) -> UnmergeRead:
@@ -124,7 +136,11 @@ async def unmerge(
     )
 
 
-@router.get("/contacts/{contact_id}/audit", response_model=list[ContactAuditRead])
+@router.get(
+    "/contacts/{contact_id}/audit",
+    response_model=list[ContactAuditRead],
+    responses=documented(403, 404),
+)
 async def audit(rt: RuntimeDep, _: Staff, contact_id: ContactIdPath) -> list[ContactAuditRead]:
     """The merges and unmerges this contact took part in: who, when, before and after."""
     docs = await contact_admin.audit(db=rt.store.db, contact_id=contact_id)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Header, Path, Request
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
@@ -50,3 +50,27 @@ class PageParams(BaseModel):
 
     limit: int = Field(default=50, ge=1, le=100_000, description="capped at the page maximum")
     cursor: Cursor | None = None
+
+
+class ErrorRead(BaseModel):
+    """Every error but a 422 (whose `detail` is FastAPI's list of field errors)."""
+
+    detail: str
+
+
+_ANSWERS = {
+    400: "the body is not JSON (or not UTF-8)",
+    401: "no API key, or one that is not valid",
+    403: "the key's role may not do this",
+    404: "no such thing (or one the key may not see)",
+    409: "the request clashes with the current state",
+    413: "the body is over the size limit",
+    503: "the ticket store or Kafka is busy or unavailable; retry",
+}
+# Every route with a body can answer these before the body is even validated.
+BODY = (400, 413)
+
+
+def documented(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """`responses=` for the error answers a route gives, so its OpenAPI document names them."""
+    return {code: {"model": ErrorRead, "description": _ANSWERS[code]} for code in codes}

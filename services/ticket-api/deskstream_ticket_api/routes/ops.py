@@ -17,9 +17,9 @@ from deskstream_ticket_api.models import (
     SlaRiskRead,
     TeamQueueRead,
 )
-from deskstream_ticket_api.routes.deps import RuntimeDep
+from deskstream_ticket_api.routes.deps import RuntimeDep, documented
 
-router = APIRouter(tags=["ops"])
+router = APIRouter(tags=["ops"], responses=documented(403))
 Staff = Annotated[Principal, Depends(STAFF)]
 
 

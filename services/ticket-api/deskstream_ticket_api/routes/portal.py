@@ -18,14 +18,16 @@ from deskstream_ticket_api.models import (
     PortalTicketRead,
 )
 from deskstream_ticket_api.routes.deps import (
+    BODY,
     IdempotencyKey,
     PageParams,
     RuntimeDep,
     TicketIdPath,
     capped,
+    documented,
 )
 
-router = APIRouter(prefix="/portal", tags=["portal"])
+router = APIRouter(prefix="/portal", tags=["portal"], responses=documented(403))
 PortalUser = Annotated[Principal, Depends(PORTAL)]
 
 
@@ -39,7 +41,10 @@ class PortalService(BaseModel):
     "/requests",
     response_model=PortalRequestAccepted,
     status_code=status.HTTP_202_ACCEPTED,
-    responses={503: {"description": "the request could not be queued; retry with the same key"}},
+    responses={
+        **documented(*BODY),
+        503: {"description": "the request could not be queued; retry with the same key"},
+    },
 )
 async def submit_request(
     rt: RuntimeDep,
@@ -96,13 +101,15 @@ async def my_tickets(
     return Page(items=[PortalTicketRead.from_doc(d) for d in docs], next_cursor=cursor)
 
 
-@router.get("/tickets/{ticket_id}", response_model=PortalTicketRead)
+@router.get("/tickets/{ticket_id}", response_model=PortalTicketRead, responses=documented(404))
 async def my_ticket(rt: RuntimeDep, who: PortalUser, ticket_id: TicketIdPath) -> PortalTicketRead:
     doc = await tickets.get_own(db=rt.store.db, ticket_id=ticket_id, user_id=who.subject)
     return PortalTicketRead.from_doc(doc)
 
 
-@router.get("/tickets/{ticket_id}/messages", response_model=Page[MessageRead])
+@router.get(
+    "/tickets/{ticket_id}/messages", response_model=Page[MessageRead], responses=documented(404)
+)
 async def my_ticket_messages(
     rt: RuntimeDep, who: PortalUser, ticket_id: TicketIdPath, params: Annotated[PageParams, Query()]
 ) -> Page[MessageRead]:
@@ -118,7 +125,7 @@ async def my_ticket_messages(
     return Page(items=[MessageRead.from_doc(d) for d in docs], next_cursor=cursor)
 
 
-@router.get("/contact", response_model=ContactRead)
+@router.get("/contact", response_model=ContactRead, responses=documented(404))
 async def my_contact(rt: RuntimeDep, who: PortalUser) -> ContactRead:
     """The contact the desk keeps for the key's user: their identities on every channel.
 

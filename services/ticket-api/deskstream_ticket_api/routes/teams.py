@@ -9,9 +9,17 @@ from fastapi import APIRouter, Depends, Query, Response, status
 from deskstream_ticket_api import roster
 from deskstream_ticket_api.auth import ADMIN, STAFF, Principal
 from deskstream_ticket_api.models import Page, TeamCreate, TeamRead, TeamUpdate
-from deskstream_ticket_api.routes.deps import PageParams, RuntimeDep, TeamIdPath, capped
+from deskstream_ticket_api.routes.deps import (
+    BODY,
+    ErrorRead,
+    PageParams,
+    RuntimeDep,
+    TeamIdPath,
+    capped,
+    documented,
+)
 
-router = APIRouter(tags=["teams"])
+router = APIRouter(tags=["teams"], responses=documented(403))
 Admin = Annotated[Principal, Depends(ADMIN)]
 Staff = Annotated[Principal, Depends(STAFF)]
 
@@ -30,17 +38,22 @@ async def list_teams(
     return Page(items=[TeamRead.from_doc(d) for d in docs], next_cursor=cursor)
 
 
-@router.post("/teams", response_model=TeamRead, status_code=status.HTTP_201_CREATED)
+@router.post(
+    "/teams",
+    response_model=TeamRead,
+    status_code=status.HTTP_201_CREATED,
+    responses=documented(*BODY, 409),
+)
 async def create_team(rt: RuntimeDep, _: Admin, body: TeamCreate) -> TeamRead:
     return TeamRead.from_doc(await roster.create_team(db=rt.store.db, body=body))
 
 
-@router.get("/teams/{team_id}", response_model=TeamRead)
+@router.get("/teams/{team_id}", response_model=TeamRead, responses=documented(404))
 async def read_team(rt: RuntimeDep, _: Staff, team_id: TeamIdPath) -> TeamRead:
     return TeamRead.from_doc(await roster.get_team(db=rt.store.db, team_id=team_id))
 
 
-@router.patch("/teams/{team_id}", response_model=TeamRead)
+@router.patch("/teams/{team_id}", response_model=TeamRead, responses=documented(*BODY, 404))
 async def update_team(rt: RuntimeDep, _: Admin, team_id: TeamIdPath, body: TeamUpdate) -> TeamRead:
     return TeamRead.from_doc(await roster.update_team(db=rt.store.db, team_id=team_id, body=body))
 
@@ -48,7 +61,10 @@ async def update_team(rt: RuntimeDep, _: Admin, team_id: TeamIdPath, body: TeamU
 @router.delete(
     "/teams/{team_id}",
     status_code=status.HTTP_204_NO_CONTENT,
-    responses={409: {"description": "agents or services still belong to the team"}},
+    responses={
+        **documented(404),
+        409: {"model": ErrorRead, "description": "agents or services still belong to the team"},
+    },
 )
 async def delete_team(rt: RuntimeDep, _: Admin, team_id: TeamIdPath) -> Response:
     await roster.delete_team(store=rt.store, team_id=team_id)

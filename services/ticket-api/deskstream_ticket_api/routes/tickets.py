@@ -23,15 +23,18 @@ from deskstream_ticket_api.models import (
     TicketUpdate,
 )
 from deskstream_ticket_api.routes.deps import (
+    BODY,
     Cursor,
+    ErrorRead,
     IdempotencyKey,
     PageParams,
     RuntimeDep,
     TicketIdPath,
     capped,
+    documented,
 )
 
-router = APIRouter(tags=["tickets"])
+router = APIRouter(tags=["tickets"], responses=documented(403))
 Staff = Annotated[Principal, Depends(STAFF)]
 
 # Requester ids come from many channels (addresses, X ids, Slack ids): wider than
@@ -87,7 +90,7 @@ async def list_tickets(
     return Page(items=[TicketRead.from_doc(d) for d in docs], next_cursor=cursor)
 
 
-@router.get("/tickets/{ticket_id}", response_model=TicketRead)
+@router.get("/tickets/{ticket_id}", response_model=TicketRead, responses=documented(404))
 async def read_ticket(rt: RuntimeDep, _: Staff, ticket_id: TicketIdPath) -> TicketRead:
     return TicketRead.from_doc(await tickets.get(db=rt.store.db, ticket_id=ticket_id))
 
@@ -95,7 +98,13 @@ async def read_ticket(rt: RuntimeDep, _: Staff, ticket_id: TicketIdPath) -> Tick
 @router.patch(
     "/tickets/{ticket_id}",
     response_model=TicketRead,
-    responses={409: {"description": "the lifecycle does not allow this status change"}},
+    responses={
+        **documented(*BODY, 404),
+        409: {
+            "model": ErrorRead,
+            "description": "the lifecycle does not allow this status change",
+        },
+    },
 )
 async def update_ticket(
     rt: RuntimeDep, who: Staff, ticket_id: TicketIdPath, body: TicketUpdate
@@ -107,7 +116,9 @@ async def update_ticket(
     return TicketRead.from_doc(doc)
 
 
-@router.get("/tickets/{ticket_id}/messages", response_model=Page[MessageRead])
+@router.get(
+    "/tickets/{ticket_id}/messages", response_model=Page[MessageRead], responses=documented(404)
+)
 async def list_messages(
     rt: RuntimeDep, _: Staff, ticket_id: TicketIdPath, params: Annotated[PageParams, Query()]
 ) -> Page[MessageRead]:
@@ -126,6 +137,7 @@ async def list_messages(
     "/tickets/{ticket_id}/messages",
     response_model=MessageRead,
     status_code=status.HTTP_201_CREATED,
+    responses=documented(*BODY, 404, 409),
 )
 async def add_message(
     rt: RuntimeDep,
@@ -148,7 +160,11 @@ async def add_message(
     return MessageRead.from_doc(doc)
 
 
-@router.post("/tickets/{ticket_id}/assignment", response_model=TicketRead)
+@router.post(
+    "/tickets/{ticket_id}/assignment",
+    response_model=TicketRead,
+    responses=documented(*BODY, 404, 409),
+)
 async def assign(
     rt: RuntimeDep, who: Staff, ticket_id: TicketIdPath, body: AssignmentCreate
 ) -> TicketRead:
@@ -165,7 +181,9 @@ async def assign(
     return TicketRead.from_doc(doc)
 
 
-@router.get("/tickets/{ticket_id}/explanation", response_model=ExplanationRead)
+@router.get(
+    "/tickets/{ticket_id}/explanation", response_model=ExplanationRead, responses=documented(404)
+)
 async def explanation(rt: RuntimeDep, _: Staff, ticket_id: TicketIdPath) -> ExplanationRead:
     """The router's decisions on this ticket (assign, queue, deflect), oldest first."""
     decisions = await tickets.explanation(db=rt.store.db, ticket_id=ticket_id)
