@@ -38,6 +38,7 @@ MATRIX: dict[str, frozenset[str]] = {
     "GET /readyz":                                   OPEN,
     "GET /metrics":                                  OPEN,
     "GET /v1/openapi.json":                          ANYONE,
+    "GET /v1/ops/status":                            STAFF,
     "GET /v1/tickets":                               STAFF,
     "GET /v1/tickets/{ticket_id}":                   STAFF,
     "PATCH /v1/tickets/{ticket_id}":                 STAFF,
