@@ -31,6 +31,7 @@ from deskstream.events import (
     QueueTicket,
 )
 from deskstream.metrics import Meter, channel_of, channel_of_topic
+from deskstream.topics import DEAD_LETTER_MAX_BYTES
 
 if TYPE_CHECKING:
     from kafka import KafkaProducer
@@ -71,6 +72,7 @@ def producer_config(settings: ServiceSettings) -> dict[str, Any]:
         "acks": "all",
         "linger_ms": settings.kafka_linger_ms,
         "max_batch_size": 256 * 1024,
+        "max_request_size": DEAD_LETTER_MAX_BYTES,  # a dead letter of a ~1 MB record
         "request_timeout_ms": 30_000,
     }
 
@@ -182,6 +184,7 @@ def sync_producer(settings: ServiceSettings) -> KafkaProducer:
         acks="all",
         linger_ms=settings.kafka_linger_ms,
         retries=2**31 - 1,
+        max_request_size=DEAD_LETTER_MAX_BYTES,
     )
 
 

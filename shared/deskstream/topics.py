@@ -27,6 +27,10 @@ from deskstream.events import (
 log = logging.getLogger(__name__)
 
 WEEK_MS = 7 * 24 * 3600 * 1000
+# A dead letter carries the original record base64-encoded: a record near Kafka's default
+# 1 MB limit makes a letter of about 1.4 MB. Dead-letter topics accept up to this, and every
+# producer may send that much (the broker still holds every other topic to its limit).
+DEAD_LETTER_MAX_BYTES = 4 * 1024 * 1024
 STAGES = ("ingest-email", "ingest-social", "ingest-chat", "router", "ticket-api")
 
 
@@ -63,7 +67,14 @@ def _registry() -> tuple[TopicSpec, ...]:
         if ch is not Channel.PORTAL  # portal users read their replies through the API
     )
     deadletter = tuple(
-        TopicSpec(f"deadletter.{stage}", "original key", DeadLetter, 1, retention_ms=4 * WEEK_MS)
+        TopicSpec(
+            f"deadletter.{stage}",
+            "original key",
+            DeadLetter,
+            1,
+            retention_ms=4 * WEEK_MS,
+            extra_config={"max.message.bytes": str(DEAD_LETTER_MAX_BYTES)},
+        )
         for stage in STAGES
     )
     return (

@@ -11,7 +11,7 @@ from typing import Any
 import faust
 from deskstream.events import Channel
 from deskstream.health import KafkaProbe, Readiness, scrape
-from deskstream.topics import ensure_named_topics
+from deskstream.topics import DEAD_LETTER_MAX_BYTES, ensure_named_topics
 from faust.web import Request, Response, View
 
 from deskstream_router.classify import Rules
@@ -34,6 +34,7 @@ def create_app(settings: RouterSettings) -> faust.App:
         topic_allow_declare=True,  # Faust declares only its own changelog/repartition topics
         producer_acks=-1,
         producer_linger_ms=settings.kafka_linger_ms,
+        producer_max_request_size=DEAD_LETTER_MAX_BYTES,  # a dead letter of a ~1 MB record
         consumer_auto_offset_reset="earliest",
         # On shutdown or rebalance do not wait for events still in a take_events() buffer:
         # they are not committed, so they come back, and processing them is idempotent.
