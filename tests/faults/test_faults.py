@@ -135,28 +135,25 @@ async def test_sigkill_each_service_mid_stream(
     await run(f"SIGKILL {service}", desk, mongo_db, sigkill_and_restart(desk, service))
 
 
-async def test_kafka_broker_stopped_for_30_seconds(desk: FaultDesk, mongo_db: Any) -> None:
+def outage(desk: FaultDesk, component: str, seconds: float) -> Callable[[], Awaitable[None]]:
+    """Stop one server of the fault infrastructure, wait, start it again."""
     infra = desk.infra
     assert isinstance(infra, FaultInfra)
 
     async def inject() -> None:
-        await asyncio.to_thread(infra.stop, "kafka")
-        await asyncio.sleep(30)
-        await asyncio.to_thread(infra.start, "kafka")
+        await asyncio.to_thread(infra.stop, component)
+        await asyncio.sleep(seconds)
+        await asyncio.to_thread(infra.start, component)
 
-    await run("Kafka stopped 30 s", desk, mongo_db, inject)
+    return inject
+
+
+async def test_kafka_broker_stopped_for_30_seconds(desk: FaultDesk, mongo_db: Any) -> None:
+    await run("Kafka stopped 30 s", desk, mongo_db, outage(desk, "kafka", 30))
 
 
 async def test_mongodb_stopped_and_started(desk: FaultDesk, mongo_db: Any) -> None:
-    infra = desk.infra
-    assert isinstance(infra, FaultInfra)
-
-    async def inject() -> None:
-        await asyncio.to_thread(infra.stop, "mongo")
-        await asyncio.sleep(10)
-        await asyncio.to_thread(infra.start, "mongo")
-
-    await run("MongoDB stopped 10 s", desk, mongo_db, inject)
+    await run("MongoDB stopped 10 s", desk, mongo_db, outage(desk, "mongo", 10))
 
 
 def _drop_imap_connections() -> int:
