@@ -69,7 +69,11 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         "duplicates",
         "dead-lettered",
         "recovery s",
+        "restarts",
     )
+    out = Path(FAULT_RUN_DIR) / "results.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps([r.__dict__ for r in RESULTS], indent=2))
     rows = [header] + [r.cells() for r in RESULTS]
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(header))]
     terminalreporter.section("fault injection")
@@ -82,7 +86,4 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         )
         if n == 0:
             terminalreporter.write_line("  ".join("-" * w for w in widths))
-    out = Path(FAULT_RUN_DIR) / "results.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps([r.__dict__ for r in RESULTS], indent=2))
     terminalreporter.write_line(f"raw results: {out}")
