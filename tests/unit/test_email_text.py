@@ -86,6 +86,8 @@ def test_html_becomes_readable_text_with_quotes_marked() -> None:
         (b"Gr\xfc\xdfe", "x-unknown-8bit-foo", "Gr\ufffd\ufffde"),
         (b"plain", None, "plain"),
         (b"caf\xc3\xa9", '"UTF-8"', "café"),
+        (b"C:\\new\\x41", "unicode_escape", "C:\\new\\x41"),  # escapes stay text
+        (b"C:\\new", "raw-unicode-escape", "C:\\new"),
     ],
 )
 def test_charsets_decode_with_aliases_and_replacement(

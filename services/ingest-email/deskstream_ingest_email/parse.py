@@ -29,6 +29,10 @@ from deskstream.events import Attachment
 from deskstream_ingest_email.html_text import html_to_text
 from deskstream_ingest_email.quotes import split_reply
 
+# Python codecs that turn escapes in the bytes into other characters: no mail charset, and
+# a sender could use them to make a body read differently than it was written.
+_NOT_MAIL_CHARSETS = frozenset({"unicode-escape", "raw-unicode-escape", "punycode"})
+
 # Labels that mail clients write but whose registered codec is narrower than what they
 # mean (the WHATWG Encoding Standard maps them the same way browsers do).
 _CHARSET_ALIASES = {
@@ -316,7 +320,8 @@ def decode_bytes(payload: bytes, charset: str | None) -> str:
     name = (charset or "us-ascii").strip().strip("\"'").lower()
     name = _CHARSET_ALIASES.get(name, name)
     try:
-        codecs.lookup(name)
+        if codecs.lookup(name).name in _NOT_MAIL_CHARSETS:
+            name = "utf-8"
     except (LookupError, ValueError):  # ValueError: a label with a NUL in it
         name = "utf-8"  # an unknown label: keep going with U+FFFD for what does not fit
     try:
