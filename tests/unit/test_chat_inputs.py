@@ -73,7 +73,8 @@ def test_webhook_signature_and_replay_window() -> None:
     sig = webhook_signature(secret=SECRET, body=body, timestamp=ts)
     assert sig.startswith("v1=")
     assert webhook_valid(secret=SECRET, body=body, timestamp=ts, signature=sig)
-    assert not webhook_valid(secret=SECRET, body=body, timestamp=ts, signature=sig[:-1] + "0")
+    tampered = sig[:-1] + ("1" if sig.endswith("0") else "0")  # one hex digit changed
+    assert not webhook_valid(secret=SECRET, body=body, timestamp=ts, signature=tampered)
     assert not webhook_valid(secret=SECRET, body=body, timestamp=str(int(ts) + 1), signature=sig)
     assert not webhook_valid(
         secret=SECRET, body=body, timestamp=ts, signature=sig, now=int(ts) + 301
