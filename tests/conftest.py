@@ -27,16 +27,21 @@ INFRA = REPO / "deploy" / "local" / "infra.py"
 TEST_RUN_DIR = REPO / ".run" / "test"
 # DESKSTREAM_TEST_PORT_OFFSET moves every test port, so two checkouts can test side by side.
 _OFFSET = int(os.environ.get("DESKSTREAM_TEST_PORT_OFFSET", "0"))
-TEST_PORTS = {
-    name: port + _OFFSET
-    for name, port in {
-        "KAFKA": 29092,
-        "KAFKA_CONTROLLER": 29093,
-        "MONGO": 27217,
-        "IMAP": 10243,
-        "SMTP": 10225,
-    }.items()
-}
+
+
+def offset_ports(kafka: int, mongo: int, imap: int, smtp: int) -> dict[str, int]:
+    """An infrastructure's ports (the Kafka controller next to the broker), moved by the offset."""
+    base = {
+        "KAFKA": kafka,
+        "KAFKA_CONTROLLER": kafka + 1,
+        "MONGO": mongo,
+        "IMAP": imap,
+        "SMTP": smtp,
+    }
+    return {name: port + _OFFSET for name, port in base.items()}
+
+
+TEST_PORTS = offset_ports(kafka=29092, mongo=27217, imap=10243, smtp=10225)
 IMAP_USERS = {"desk": "desk-local-imap-password", "alice": "alice-local-imap-password"}
 
 # The fault-injection suite stops Kafka, MongoDB and Dovecot on its own infrastructure and

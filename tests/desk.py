@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import signal
 import subprocess
 import time
 import uuid
@@ -71,10 +72,19 @@ class Desk:
             if not client.folder_exists(self.folder):
                 client.create_folder(self.folder)
         for name in names:
-            self.ports.setdefault(name, free_port())
-            log = self.logs / f"{name}-{len(self.procs)}.log"
-            self.procs[name] = start_service(name, self.env(), self.ports[name], log)
+            self.launch(name)
         wait_status([self.ports[n] for n in names], 200, timeout=120)
+
+    def launch(self, name: str) -> None:
+        """Start `name` (again, after a kill: on its old port), without waiting for it."""
+        self.ports.setdefault(name, free_port())
+        log = self.logs / f"{name}-{len(self.procs)}-{time.monotonic():.0f}.log"
+        self.procs[name] = start_service(name, self.env(), self.ports[name], log)
+
+    def sigkill(self, name: str) -> None:
+        proc = self.procs[name]
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
 
     def stop(self) -> None:
         stop_all(self.procs.values())

@@ -78,6 +78,23 @@ class Readiness:
                 self.meter.connection(kind, detail[name] == "ok")
 
 
+def failed_dependency(exc: BaseException, own: str) -> str:
+    """Which dependency an exception of a worker's session is about: `kafka` (a publish
+    Kafka did not acknowledge), `mongodb`, or the worker's own connection `own` (imap, x).
+
+    So a Kafka or MongoDB outage is not reported as the mailbox or the X account being down.
+    """
+    from pymongo.errors import PyMongoError
+
+    from deskstream.producer import PublishFailed
+
+    if isinstance(exc, PublishFailed):
+        return "kafka"
+    if isinstance(exc, PyMongoError):
+        return "mongodb"
+    return own
+
+
 class KafkaProbe:
     """Asks the cluster for its metadata: answers only while a broker does."""
 

@@ -19,8 +19,8 @@ channels or `none` (a topic that carries every channel, where the record's chann
 at hand), dead-letter reasons are the error's type name (never its message), and groups,
 teams, mailboxes and accounts come from the desk's configuration.
 
-Service-specific families (ticket-api's routing decisions and queues, ingest-email's
-ignored mail, ...) live in each service's `metrics.py` under the same scheme; `FAMILIES`
+Service-specific families (ticket-api's routing decisions and queues, ...) live in the
+service's own `metrics.py` under the same scheme; `FAMILIES`
 lists the shared ones (the dashboard test checks every name the dashboard uses).
 
 Hot paths count per batch (`Meter.consumed(topic, n)`), never with an await.
@@ -175,6 +175,15 @@ class Meter:
         for (topic, channel), n in Tally(records).items():
             self.produced(topic, n, channel)
 
+    def handled(self, step: str, records: Iterable[tuple[str, int]], seconds: float) -> None:
+        """One handled batch of (topic, Kafka timestamp in ms) records: records consumed per
+        topic, the batch's handling time and each record's age under `step`."""
+        records = list(records)
+        for topic, n in Tally(topic for topic, _ in records).items():
+            self.consumed(topic, n)
+        self.processing(step, seconds)
+        self.ages(step, (ts for _, ts in records))
+
     def dead_letter(self, reason: str, n: int = 1) -> None:
         DEAD_LETTERS.labels(self.service, reason).inc(n)
 
@@ -209,6 +218,11 @@ class Meter:
 
     def connection(self, kind: str, up: bool, target: str = "") -> None:
         CONNECTION_UP.labels(self.service, kind, target).set(1 if up else 0)
+
+    def forget_connection(self, kind: str, target: str = "") -> None:
+        """A connection this replica no longer holds (a lease moved) is not its to report."""
+        with contextlib.suppress(KeyError):
+            CONNECTION_UP.remove(self.service, kind, target)
 
     def connection_error(self, kind: str, error: BaseException | str) -> None:
         name = error if isinstance(error, str) else type(error).__name__

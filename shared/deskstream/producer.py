@@ -30,6 +30,7 @@ from deskstream.events import (
     DeliveryResult,
     QueueTicket,
 )
+from deskstream.ids import event_id
 from deskstream.metrics import Meter, channel_of, channel_of_topic
 from deskstream.topics import DEAD_LETTER_MAX_BYTES
 
@@ -238,6 +239,33 @@ class ProducerHolder:
             raise PublishFailed(f"{len(failed)} of {len(futures)} records failed: {first!r}")
         if self._meter is not None:
             self._meter.produced_each((topic, None) for topic, _, _, _ in records)
+
+
+DELIVERY_DETAIL_MAX = DeliveryResult.model_fields["detail"].metadata[0].max_length
+
+
+def delivery_result(
+    channel: str,
+    *,
+    reply_id: str,
+    ticket_id: str,
+    delivered: bool,
+    detail: str,
+    id_parts: tuple[str, ...] = (),
+) -> DeliveryResult:
+    """What became of an agent's reply, for `tickets.commands`.
+
+    Its command id derives from the channel and the reply (and `id_parts`), so a result
+    reported again after a redelivery is applied once; `detail` is cut to what the
+    command holds.
+    """
+    return DeliveryResult(
+        command_id=event_id(f"{channel}-delivery", reply_id, *id_parts),
+        ticket_id=ticket_id,
+        reply_id=reply_id,
+        delivered=delivered,
+        detail=detail[:DELIVERY_DETAIL_MAX],
+    )
 
 
 def command_event_type(command: AnyCommand) -> str:

@@ -194,22 +194,16 @@ class BatchRunner:
                     started = time.monotonic()
                     await self._handle_until_done(records)
                     await self._commit(records)
-                    self._account(records, time.monotonic() - started)
+                    self.meter.handled(
+                        self.step,
+                        ((r.topic, r.timestamp_ms) for r in records),
+                        time.monotonic() - started,
+                    )
                     self.batches_done += 1
                 await self._sample_lag()
         finally:
             await self.consumer.stop()
             await self.producer.stop()
-
-    def _account(self, records: Sequence[Record], seconds: float) -> None:
-        """Count a committed batch: records per topic, time, ages (one label lookup each)."""
-        per_topic: dict[str, int] = {}
-        for r in records:
-            per_topic[r.topic] = per_topic.get(r.topic, 0) + 1
-        for topic, n in per_topic.items():
-            self.meter.consumed(topic, n)
-        self.meter.processing(self.step, seconds)
-        self.meter.ages(self.step, (r.timestamp_ms for r in records))
 
     async def _sample_lag(self) -> None:
         """Lag per assigned partition from the consumer's fetch state; at most once a second.

@@ -7,28 +7,16 @@ the local port of some client's connection."""
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import REPO, Infra, infra_cmd, infra_env
+from tests.conftest import REPO, Infra, infra_cmd, infra_env, offset_ports
 from tests.faults.pipeline import RESULTS
 
 FAULT_RUN_DIR = REPO / ".run" / "faults"
-_OFFSET = int(os.environ.get("DESKSTREAM_TEST_PORT_OFFSET", "0"))
-FAULT_PORTS = {
-    name: port + _OFFSET
-    for name, port in {
-        "KAFKA": 30092,
-        "KAFKA_CONTROLLER": 30093,
-        "MONGO": 30217,
-        "IMAP": 30243,
-        "SMTP": 30225,
-    }.items()
-}
+FAULT_PORTS = offset_ports(kafka=30092, mongo=30217, imap=30243, smtp=30225)
 
 
 class FaultInfra(Infra):
@@ -71,7 +59,7 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         "recovery s",
         "restarts",
     )
-    out = Path(FAULT_RUN_DIR) / "results.json"
+    out = FAULT_RUN_DIR / "results.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps([r.__dict__ for r in RESULTS], indent=2))
     rows = [header] + [r.cells() for r in RESULTS]

@@ -14,28 +14,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import signal
 import threading
 import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.message import EmailMessage
 from typing import Any
 
 import httpx
 from deskstream.topics import STAGES
-from deskstream_ingest_chat.signing import webhook_signature
 from imapclient import IMAPClient
 
-from tests.desk import Desk
+from tests.integration.test_ingest_chat import webhook_headers
+from tests.integration.test_ingest_social_e2e import SocialDesk
+from tests.integration.test_ticket_api_kit import created_per_ticket, read_topic, repeated_ids
 from tests.kafka_helpers import Collector
-from tests.services import readyz, start_service
-from tests.xapi import XServer
+from tests.services import wait_status
 
 WEBHOOK_SECRET = "fault-webhook-secret-0123456789abcdef"
-X_TOKEN = "local-x-bearer-token-0123456789"
 SERVICES = ("ticket-api", "router", "ingest-email", "ingest-chat", "ingest-social")
 CHANNELS = ("webhook", "email", "x")
 
@@ -67,37 +65,26 @@ class Row:
 RESULTS: list[Row] = []
 
 
-class FaultDesk(Desk):
+@dataclass
+class FaultDesk(SocialDesk):
     """All five services on the fault infrastructure, ingest-social on the local X.
 
     `supervise()` plays the part of compose's `restart: unless-stopped` and Kubernetes'
     restart policy: a service process that exited is started again. A fault's own kill is
     not the supervisor's business (`held` until the fault restarts it)."""
 
-    x: XServer
-    held: set[str]
-    restarts: Counter[str]
+    held: set[str] = field(default_factory=set)
+    restarts: Counter[str] = field(default_factory=Counter)
 
     def env(self) -> dict[str, str]:
-        return {
-            **super().env(),
-            "INGEST_CHAT_WEBHOOK_SECRET": WEBHOOK_SECRET,
-            "INGEST_SOCIAL_X_API_BASE_URL": self.x.base_url,
-            "INGEST_SOCIAL_X_USER_ID": self.x.api.desk_id,
-            "INGEST_SOCIAL_X_USERNAME": self.x.api.desk_username,
-            "INGEST_SOCIAL_X_BEARER_TOKEN": X_TOKEN,
-            "INGEST_SOCIAL_POLL_INTERVAL_S": "1",
-        }
+        return {**super().env(), "INGEST_CHAT_WEBHOOK_SECRET": WEBHOOK_SECRET}
 
     def sigkill(self, name: str) -> None:
         self.held.add(name)
-        proc = self.procs[name]
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(30)
+        super().sigkill(name)
 
     def restart(self, name: str) -> None:
-        log = self.logs / f"{name}-{time.monotonic():.0f}.log"
-        self.procs[name] = start_service(name, self.env(), self.ports[name], log)
+        self.launch(name)
         self.held.discard(name)
 
     async def supervise(self) -> None:
@@ -109,18 +96,10 @@ class FaultDesk(Desk):
                     self.restart(name)
             await asyncio.sleep(0.5)
 
-    def all_ready(self) -> bool:
-        return all(readyz(self.ports[name]) == 200 for name in SERVICES)
-
     async def until_ready(self, timeout: float = 180) -> float:
         """Seconds until every service answers /readyz with 200 (no human involved)."""
-        started = time.monotonic()
-        while not await asyncio.to_thread(self.all_ready):
-            assert time.monotonic() - started < timeout, {
-                name: readyz(self.ports[name]) for name in SERVICES
-            }
-            await asyncio.sleep(0.2)
-        return time.monotonic() - started
+        ports = [self.ports[name] for name in SERVICES]
+        return await asyncio.to_thread(wait_status, ports, 200, timeout)
 
     def dead_processes(self) -> list[str]:
         return [name for name, proc in self.procs.items() if proc.poll() is not None]
@@ -224,15 +203,12 @@ class Traffic:
                 "text": f"The printer on floor {hash(n) % 9} jams (request {self.run}-{n})",
             }
         ).encode()
-        ts = str(int(time.time()))
-        headers = {
-            "Content-Type": "application/json",
-            "X-Deskstream-Timestamp": ts,
-            "X-Deskstream-Signature": webhook_signature(
-                secret=WEBHOOK_SECRET, body=body, timestamp=ts
-            ),
-        }
-        resp = await http.post("/webhooks/chat", content=body, headers=headers, timeout=15)
+        resp = await http.post(
+            "/webhooks/chat",
+            content=body,
+            headers=webhook_headers(body, WEBHOOK_SECRET),
+            timeout=15,
+        )
         assert resp.status_code < 400 or resp.status_code >= 500, resp.text  # 4xx: our bug
         return resp.status_code < 300
 
@@ -266,27 +242,41 @@ class Traffic:
 
 
 async def outcome(desk: FaultDesk, db: Any, sent: int, timeout: float = 300) -> dict[str, int]:
-    """Wait until every accepted event is a ticket (or `timeout`), then count."""
+    """Wait until every accepted event is a ticket (or `timeout`), then count.
+
+    Every event opened its own conversation, so: lost = accepted events whose conversation
+    has no ticket; duplicates = tickets beyond one per conversation, messages beyond one
+    per ticket, and events published more than once on tickets.events.
+    """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if await db["tickets"].count_documents({}) >= sent:
             break
         await asyncio.sleep(1)
     await asyncio.sleep(3)  # anything doubled would arrive now
-    tickets = await db["tickets"].count_documents({})
+    keys = [
+        t["conversation_key"]
+        for t in await db["tickets"].find({}, {"conversation_key": 1}).to_list()
+    ]
+    conversations = len(set(keys))
     messages = await db["messages"].count_documents({})
-    async with Collector(desk.infra.kafka, f"{desk.prefix}tickets.events") as events:
-        await asyncio.sleep(5)
-    values = [json.loads(r.value) for r in events.records]
-    published = Counter(v["event_id"] for v in values)
-    created = Counter(v["ticket_id"] for v in values if v["type"] == "created")
-    doubled_events = sum(n - 1 for n in published.values())
+    records = await read_topic(
+        desk.infra,
+        f"{desk.prefix}tickets.events",
+        until=lambda got: len(created_per_ticket(got)) >= conversations,
+        timeout=60,
+        settle=3,
+    )
+    created = created_per_ticket(records)
     return {
-        "tickets": tickets,
+        "tickets": len(keys),
         "messages": messages,
         "created": len(created),
-        "lost": max(sent - tickets, sent - len(created), 0),
-        "duplicates": max(tickets - sent, 0) + (messages - tickets) + doubled_events,
+        "lost": max(sent - conversations, 0) + max(conversations - len(created), 0),
+        "duplicates": (len(keys) - conversations)
+        + (messages - len(keys))
+        + sum(n - 1 for n in created.values())
+        + sum(n - 1 for n in repeated_ids(records).values()),
     }
 
 
@@ -316,7 +306,8 @@ async def where(desk: FaultDesk, db: Any) -> dict[str, Any]:
 
 
 async def dead_letters(desk: FaultDesk) -> list[dict[str, Any]]:
-    topics = [f"{desk.prefix}deadletter.{stage}" for stage in STAGES]
-    async with Collector(desk.infra.kafka, *topics) as letters:
-        await asyncio.sleep(4)
-    return [json.loads(r.value) for r in letters.records]
+    return [
+        json.loads(r.value)
+        for stage in STAGES
+        for r in await read_topic(desk.infra, f"{desk.prefix}deadletter.{stage}")
+    ]

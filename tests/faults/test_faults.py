@@ -17,8 +17,7 @@ import base64
 import json
 import os
 import time
-from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +37,8 @@ from tests.faults.pipeline import (
     outcome,
     where,
 )
-from tests.xapi import XApi, XServer
+from tests.integration.test_ingest_social_e2e import x  # noqa: F401  (the local X fixture)
+from tests.xapi import XServer
 
 EVENTS = int(os.environ.get("DESKSTREAM_FAULT_EVENTS", "1000"))
 RATE = float(os.environ.get("DESKSTREAM_FAULT_RATE", "50"))  # events offered per second
@@ -47,17 +47,15 @@ pytestmark = pytest.mark.timeout(900)
 
 
 @pytest.fixture
-def x() -> Iterator[XServer]:
-    with XServer(XApi()) as server:
-        yield server
-
-
-@pytest.fixture
 async def desk(
-    infra: FaultInfra, topic_prefix: str, mongo_db: Any, tmp_path: Path, x: XServer
+    infra: FaultInfra,
+    topic_prefix: str,
+    mongo_db: Any,
+    tmp_path: Path,
+    x: XServer,  # noqa: F811 (the fixture imported above)
 ) -> AsyncIterator[FaultDesk]:
     desk = FaultDesk(infra, topic_prefix, mongo_db.name, tmp_path)
-    desk.x, desk.held, desk.restarts = x, set(), Counter()
+    desk.x = x
     try:
         desk.start(*SERVICES)
         await desk.load_demo_org()

@@ -18,6 +18,7 @@ from deskstream.metrics import FAMILIES
 
 from tests import prom
 from tests.make_run import listening, processes_in_group, start_make_run
+from tests.services import ALL
 
 DEADLINE_S = 180  # start-up (about 30 s here) plus the demo; only a guard
 GRACE_S = 8  # after the last expected line: time enough for a wrong ticket to show up
@@ -91,7 +92,7 @@ def _read_until(
             return
 
 
-SERVICES = ("ticket-api", "ingest-chat", "router", "ingest-email", "ingest-social")  # by port
+SERVICES = ALL  # in port order, as deploy/local/run.py starts them
 
 
 def _metrics_after_the_demo(base: int) -> None:

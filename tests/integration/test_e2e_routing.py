@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import signal
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -16,16 +15,23 @@ import pytest
 from deskstream.events import (
     TICKET_EVENT,
     Channel,
+    ChannelCapacity,
     InboundMessage,
     SenderIdentity,
     StatusChanged,
     TicketAssigned,
 )
 from deskstream.ids import event_id
+from deskstream.lag import GroupLag
 from pydantic import BaseModel
 
 from tests.conftest import Infra, free_port
 from tests.desk import DEMO_ORG, Desk
+from tests.integration.test_ticket_api_kit import (
+    assert_each_once,
+    created_per_ticket,
+    read_topic,
+)
 from tests.kafka_helpers import Collector, publish
 from tests.services import start_service, wait_status
 
@@ -70,8 +76,10 @@ async def desk(
 
 
 def caps() -> dict[str, dict[str, int]]:
-    defaults = {"email": 10, "social": 5, "chat": 3, "portal": 10, "total": 15}
-    return {a["agent_id"]: {**defaults, **a.get("capacity", {})} for a in DEMO_ORG.AGENTS}
+    return {
+        a["agent_id"]: ChannelCapacity(**a.get("capacity", {})).model_dump()
+        for a in DEMO_ORG.AGENTS
+    }
 
 
 def assert_caps_never_exceeded(records: list[Any]) -> int:
@@ -143,53 +151,26 @@ async def where_they_stopped(desk: Desk, db: Any) -> str:
     counts = {k: len(v) for k, v in by_type.items()}
     unstored = by_type.get("commands:create", set()) - stored
     unplaced = by_type.get("commands:create", set()) - by_type.get("requests:place", set())
-    lag = await asyncio.to_thread(_router_lag, kafka, p)
+    group_lag = GroupLag(kafka, "e2e-routing")
+    try:
+        lag = {
+            f"{x.topic.removeprefix(p)}[{x.partition}]": x.lag
+            for x in await group_lag.lag(f"{p}router")
+            if x.lag
+        }
+    finally:
+        await group_lag.close()
     return (
         f"tickets per record type {counts}; created not stored {len(unstored)}; "
         f"created not placed {len(unplaced)}; router lag by partition {lag}"
     )
 
 
-def _router_lag(bootstrap: str, prefix: str) -> dict[str, int]:
-    from kafka import KafkaConsumer
-    from kafka.admin import KafkaAdminClient
-
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-    try:
-        committed = admin.list_group_offsets(f"{prefix}router")[f"{prefix}router"]
-    finally:
-        admin.close()
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap)
-    try:
-        ends = consumer.end_offsets(list(committed))
-    finally:
-        consumer.close()
-    return {
-        f"{tp.topic.removeprefix(prefix)}[{tp.partition}]": ends[tp] - meta.offset
-        for tp, meta in committed.items()
-        if ends[tp] - meta.offset
-    }
-
-
-def start_second_router(desk: Desk, name: str = "router-b") -> int:
+def start_second_router(desk: Desk) -> None:
     port = free_port()
-    env = {**desk.env(), "ROUTER_DATA_DIR": str(desk.logs / f"{name}-data")}
-    desk.procs[name] = start_service("router", env, port, desk.logs / f"{name}.log")
+    env = {**desk.env(), "ROUTER_DATA_DIR": str(desk.logs / "router-b-data")}
+    desk.procs["router-b"] = start_service("router", env, port, desk.logs / "router-b.log")
     wait_status([port], 200, timeout=120)
-    return port
-
-
-def restart(desk: Desk, name: str, service: str, port: int, env: dict[str, str]) -> None:
-    """Start `service` again under `name` on its old port (after a SIGKILL)."""
-    log = desk.logs / f"{name}-{len(desk.procs)}-restarted.log"
-    desk.procs[name] = start_service(service, env, port, log)
-    wait_status([port], 200, timeout=120)
-
-
-def sigkill(desk: Desk, name: str) -> None:
-    proc = desk.procs[name]
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(30)
 
 
 async def send(desk: Desk, numbers: range) -> None:
@@ -211,50 +192,49 @@ async def settled(desk: Desk, db: Any, expected: int = REQUESTS) -> None:
 async def assert_each_request_once(desk: Desk, db: Any) -> list[Any]:
     """One ticket with one message per request in MongoDB, and on tickets.events one
     `created` per ticket and no event published twice. Returns the events read."""
-    tickets = await db["tickets"].find({}, {"_id": 1}).to_list(None)
-    assert len(tickets) == REQUESTS
+    assert await db["tickets"].count_documents({}) == REQUESTS
     messages = await db["messages"].count_documents({})
     assert messages == REQUESTS, f"{messages} messages for {REQUESTS} requests"
-    async with Collector(desk.infra.kafka, f"{desk.prefix}tickets.events") as events:
-        await asyncio.sleep(5)  # read everything published so far
-    ids = Counter(json.loads(r.value)["event_id"] for r in events.records)
-    doubled = {i: n for i, n in ids.items() if n > 1}
-    assert not doubled, f"published more than once: {list(doubled.items())[:5]}"
-    created = Counter(
-        json.loads(r.value)["ticket_id"]
-        for r in events.records
-        if json.loads(r.value)["type"] == "created"
+    records = await read_topic(
+        desk.infra,
+        f"{desk.prefix}tickets.events",
+        until=lambda got: len(created_per_ticket(got)) >= REQUESTS,
+        timeout=60,
+        settle=3,  # anything published twice would arrive now
     )
+    assert_each_once(records)
+    created = created_per_ticket(records)
     assert len(created) == REQUESTS
     assert set(created.values()) == {1}
-    return events.records
+    return records
 
 
 async def assert_load_matches_mongodb(desk: Desk, db: Any) -> dict[str, set[str]]:
     """Every agent's load, as the router derived it from tickets.events, equals the open
     tickets assigned to them in MongoDB."""
 
-    async def router_view() -> dict[str, set[str]]:
-        async with Collector(desk.infra.kafka, f"{desk.prefix}routing.requests") as snaps:
-            await asyncio.sleep(3)
-            latest: dict[str, tuple[int, set[str]]] = {}
-            for r in snaps.records:
-                value = json.loads(r.value)
-                if value["type"] == "agent":
-                    agent, seq = value["state"]["agent_id"], value.get("seq", 0)
-                    if agent not in latest or seq >= latest[agent][0]:
-                        latest[agent] = (seq, set(value["open_tickets"]))
-            return {a: s for a, (_, s) in latest.items() if s}
+    def router_view(records: list[Any]) -> dict[str, set[str]]:
+        latest: dict[str, tuple[int, set[str]]] = {}
+        for r in records:
+            value = json.loads(r.value)
+            if value["type"] == "agent":
+                agent, seq = value["state"]["agent_id"], value.get("seq", 0)
+                if agent not in latest or seq >= latest[agent][0]:
+                    latest[agent] = (seq, set(value["open_tickets"]))
+        return {a: s for a, (_, s) in latest.items() if s}
 
     deadline = time.monotonic() + 60
-    while (view := await router_view()) != (truth := await mongo_open_sets(db)):
-        assert time.monotonic() < deadline, {
-            agent: (
-                sorted(view.get(agent, set()) - truth.get(agent, set())),
-                sorted(truth.get(agent, set()) - view.get(agent, set())),
-            )
-            for agent in set(view) | set(truth)
-        }
+    async with Collector(desk.infra.kafka, f"{desk.prefix}routing.requests") as snaps:
+        await asyncio.sleep(3)  # the snapshots so far
+        while (view := router_view(snaps.records)) != (truth := await mongo_open_sets(db)):
+            assert time.monotonic() < deadline, {
+                agent: (
+                    sorted(view.get(agent, set()) - truth.get(agent, set())),
+                    sorted(truth.get(agent, set()) - view.get(agent, set())),
+                )
+                for agent in set(view) | set(truth)
+            }
+            await asyncio.sleep(1)
     return truth
 
 
@@ -284,23 +264,22 @@ async def test_two_router_workers_never_exceed_a_cap_and_load_matches_mongodb(
     while len((await mongo_open_sets(mongo_db)).get("ana", set()) - set(ana)) < len(truth["ana"]):
         assert time.monotonic() < deadline, "ana's freed slots were not refilled"
         await asyncio.sleep(0.5)
-    async with Collector(desk.infra.kafka, f"{desk.prefix}tickets.events") as events:
-        await asyncio.sleep(5)
-        assert_caps_never_exceeded(events.records)
+    assert_caps_never_exceeded(
+        await read_topic(desk.infra, f"{desk.prefix}tickets.events", timeout=60, settle=3)
+    )
 
 
 async def test_router_sigkill_mid_stream_loses_nothing_and_load_matches_mongodb(
     desk: Desk, mongo_db: Any
 ) -> None:
     start_second_router(desk)
-    env, port = desk.env(), desk.ports["router"]
     wave = REQUESTS // 5
     await send(desk, range(0, 2 * wave))
     await asyncio.sleep(1.5)  # the workers are deciding
-    sigkill(desk, "router")  # the other worker takes its partitions after the session timeout
+    desk.sigkill("router")  # the other worker takes its partitions after the session timeout
     await send(desk, range(2 * wave, 4 * wave))
     await asyncio.sleep(3)
-    restart(desk, "router", "router", port, env)  # and they are shared again
+    desk.start("router")  # on its old port: and they are shared again
     await send(desk, range(4 * wave, REQUESTS))
     await settled(desk, mongo_db)
     records = await assert_each_request_once(desk, mongo_db)
@@ -312,14 +291,13 @@ async def test_router_sigkill_mid_stream_loses_nothing_and_load_matches_mongodb(
 async def test_ticket_api_sigkill_mid_stream_applies_and_publishes_each_change_once(
     desk: Desk, mongo_db: Any
 ) -> None:
-    env, port = desk.env(), desk.ports["ticket-api"]
     wave = REQUESTS // 5
     await send(desk, range(0, 2 * wave))
     await asyncio.sleep(1.5)  # commands are being applied and relayed
-    sigkill(desk, "ticket-api")
+    desk.sigkill("ticket-api")
     await send(desk, range(2 * wave, 4 * wave))
     await asyncio.sleep(2)
-    restart(desk, "ticket-api", "ticket-api", port, env)
+    desk.start("ticket-api")
     await send(desk, range(4 * wave, REQUESTS))
     await settled(desk, mongo_db)
     records = await assert_each_request_once(desk, mongo_db)

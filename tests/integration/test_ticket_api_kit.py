@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -266,11 +268,22 @@ def ce_ids(records: Iterable[ConsumerRecord[bytes, bytes]]) -> list[str]:
     return [header(r.headers, "ce_id") or "" for r in records]
 
 
+def repeated_ids(records: Iterable[ConsumerRecord[bytes, bytes]]) -> dict[str, int]:
+    """ce_ids published more than once, with how often."""
+    return {i: n for i, n in Counter(ce_ids(records)).items() if n > 1}
+
+
 def assert_each_once(records: Iterable[ConsumerRecord[bytes, bytes]]) -> list[str]:
-    got = ce_ids(records)
-    dupes = sorted({i for i in got if got.count(i) > 1})
+    records = list(records)
+    dupes = sorted(repeated_ids(records))
     assert not dupes, f"{len(dupes)} ce_id(s) more than once, e.g. {dupes[:5]}"
-    return got
+    return ce_ids(records)
+
+
+def created_per_ticket(records: Iterable[ConsumerRecord[bytes, bytes]]) -> Counter[str]:
+    """tickets.events: how many `created` events each ticket has."""
+    values = (json.loads(r.value) for r in records if r.value)
+    return Counter(v["ticket_id"] for v in values if v.get("type") == "created")
 
 
 # --- The service through its entry point ----------------------------------------------

@@ -24,10 +24,9 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from deskstream.events import DeliveryResult, OutboundReply
-from deskstream.ids import event_id
 from deskstream.logs import correlation, event_context
 from deskstream.metrics import Meter
-from deskstream.producer import Publisher, command_record
+from deskstream.producer import Publisher, command_record, delivery_result
 from deskstream.runner import PoisonRecords, Record, TransientError, decode_all
 from deskstream.topics import Topics
 
@@ -48,16 +47,15 @@ class Backoff:
     max_s: float
 
 
-def delivery_result(
-    *, ticket_id: str, reply_id: str, delivered: bool, detail: str
-) -> DeliveryResult:
-    """The DeliveryResult command of a reply; its id is the reply's, so repeats change nothing."""
-    return DeliveryResult(
-        command_id=event_id("chat-delivery", reply_id, "ok" if delivered else "failed"),
-        ticket_id=ticket_id,
+def chat_delivery(*, ticket_id: str, reply_id: str, delivered: bool, detail: str) -> DeliveryResult:
+    """The DeliveryResult command of a reply; its id is the reply's and the outcome's."""
+    return delivery_result(
+        "chat",
         reply_id=reply_id,
+        ticket_id=ticket_id,
         delivered=delivered,
-        detail=detail[:2000],
+        detail=detail,
+        id_parts=("ok" if delivered else "failed",),
     )
 
 
@@ -74,11 +72,11 @@ class Delivery:
         topics: Topics,
         senders: dict[str, Sender],
         backoff: Backoff,
+        meter: Meter,
         remember: int = 10_000,
-        meter: Meter | None = None,
     ) -> None:
         self.publisher = publisher
-        self.meter = meter or Meter("ingest-chat", topics.prefix)
+        self.meter = meter
         self.topics = topics
         self.senders = senders
         self.backoff = backoff
@@ -146,7 +144,7 @@ class Delivery:
 
     @staticmethod
     def _result(reply: OutboundReply, delivered: bool, detail: str) -> DeliveryResult:
-        return delivery_result(
+        return chat_delivery(
             ticket_id=reply.ticket_id, reply_id=reply.reply_id, delivered=delivered, detail=detail
         )
 

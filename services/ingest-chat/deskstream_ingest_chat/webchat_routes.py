@@ -20,7 +20,7 @@ from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from fastapi.responses import HTMLResponse, Response
 
 from deskstream_ingest_chat import webchat
-from deskstream_ingest_chat.delivery import delivery_result, report
+from deskstream_ingest_chat.delivery import chat_delivery, report
 from deskstream_ingest_chat.ingest import NotAcknowledged
 from deskstream_ingest_chat.outcomes import Invalid
 from deskstream_ingest_chat.runtime import Runtime
@@ -148,7 +148,7 @@ def router(rt: Runtime) -> APIRouter:
         reply = rt.hub.acknowledged(key, reply_id)
         if reply is None or not reply.get("ticket_id"):
             return  # already reported, or not a reply of this conversation
-        result = delivery_result(
+        result = chat_delivery(
             ticket_id=str(reply["ticket_id"]),
             reply_id=reply_id,
             delivered=True,

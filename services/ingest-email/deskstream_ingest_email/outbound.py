@@ -20,11 +20,10 @@ from datetime import UTC, datetime
 from email.message import EmailMessage
 
 from deskstream.events import DeliveryResult, OutboundReply
-from deskstream.ids import event_id
 from deskstream.lifecycle import start_with_retry
 from deskstream.logs import correlation, event_context
 from deskstream.metrics import Meter
-from deskstream.producer import Publisher, command_record
+from deskstream.producer import Publisher, command_record, delivery_result
 from deskstream.runner import BatchRunner, PoisonRecords, Record, TransientError, decode_all
 from pymongo import AsyncMongoClient
 
@@ -64,13 +63,9 @@ class _Pending:
 
 
 def delivery_command(reply_id: str, ticket_id: str, delivered: bool, detail: str) -> DeliveryResult:
-    return DeliveryResult(
-        # One id per reply: reported again after a redelivery, it is applied once.
-        command_id=event_id("email-delivery", reply_id),
-        ticket_id=ticket_id,
-        reply_id=reply_id,
-        delivered=delivered,
-        detail=detail[:2000],
+    # One id per reply: reported again after a redelivery, it is applied once.
+    return delivery_result(
+        "email", reply_id=reply_id, ticket_id=ticket_id, delivered=delivered, detail=detail
     )
 
 

@@ -59,7 +59,6 @@ _MSGID = re.compile(r"<([^<>]+)>")
 _ANGLE_LESS = re.compile(r"(?<![^\s<>])[^\s<>]+@[^\s<>]+")
 _WS = re.compile(r"\s+")
 _SURROGATE = re.compile("[\ud800-\udfff]")
-MAX_ID = 200
 # Limits on what the standard library is asked to parse. Its structured header parsers take
 # time and memory quadratic in a field's length (4 kB of unbalanced quotes in a From: 14 MB
 # and 0.4 s; 16 kB in a Content-Type: 3-12 s; 200 kB: minutes), and it walks nested parts
@@ -245,7 +244,7 @@ def _header(msg: Message, name: str) -> str:
         value = None
         for key, raw in msg.raw_items():
             if key.lower() == name.lower():
-                value = raw
+                value = raw[: field_limit(name)]  # the same bound as a parsed field's
                 break
     return clean(str(value)) if value is not None else ""
 

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 
+from deskstream.health import failed_dependency
 from deskstream.lease import LeaseKeeper
 from deskstream.metrics import Meter
 from imapclient import IMAPClient
@@ -132,7 +133,7 @@ class MailboxWorker:
             except Exception as exc:  # the session's dependency failed: back off, reconnect
                 if self._selected:  # it worked for a while: start the back-off afresh
                     delay, self._selected = 1.0, False
-                self.meter.connection_error("imap", exc)
+                self.meter.connection_error(failed_dependency(exc, "imap"), exc)
                 log.warning(
                     "mailbox session ended; reconnecting after a pause",
                     extra=self._log(error=repr(exc)[:500], retry_in_s=delay),
@@ -179,8 +180,12 @@ class MailboxWorker:
                     self._idle(client)
                 else:
                     self._poll(client)
-        except BaseException:
-            self.meter.connection("imap", False, self.key)
+        except LeaseLost:
+            self.meter.forget_connection("imap", self.key)  # the new holder reports it
+            raise
+        except BaseException as exc:
+            if failed_dependency(exc, "imap") == "imap":
+                self.meter.connection("imap", False, self.key)
             raise
         finally:
             _close(client)

@@ -27,10 +27,9 @@ from typing import Any
 import requests
 import tweepy
 from deskstream.events import Channel, DeliveryResult, OutboundReply, Visibility
-from deskstream.ids import event_id
 from deskstream.logs import correlation, event_context
 from deskstream.metrics import Meter
-from deskstream.producer import Publisher, command_record
+from deskstream.producer import Publisher, command_record, delivery_result
 from deskstream.runner import PoisonRecords, Record, decode_all
 from pymongo.collection import Collection
 from pymongo.errors import DuplicateKeyError
@@ -52,10 +51,6 @@ class Refused(Exception):
 
 class GaveUp(Exception):
     """Transient failures outlasted the retries (or the service stopped meanwhile)."""
-
-
-def command_id(reply_id: str) -> str:
-    return event_id("x-delivery", reply_id)
 
 
 class Replier:
@@ -191,12 +186,12 @@ class Replier:
 
     @staticmethod
     def _result(reply: OutboundReply, delivered: bool, detail: str) -> DeliveryResult:
-        return DeliveryResult(
-            command_id=command_id(reply.reply_id),
-            ticket_id=reply.ticket_id,
+        return delivery_result(
+            "x",
             reply_id=reply.reply_id,
+            ticket_id=reply.ticket_id,
             delivered=delivered,
-            detail=detail[:2000],
+            detail=detail,
         )
 
     def _target(self, reply: OutboundReply) -> tuple[str, str]:

@@ -28,6 +28,7 @@ from typing import Any
 
 import requests
 import tweepy
+from deskstream.health import failed_dependency
 from deskstream.lease import LeaseKeeper, LeaseLost, LeaseStore
 from deskstream.metrics import Meter
 from pymongo import UpdateOne
@@ -141,7 +142,7 @@ class AccountPoller:
             except LeaseLost:
                 log.warning("lease lost; standing by", extra=self._log())
             except Exception as exc:  # X, Kafka or MongoDB failed: back off, start again
-                self.meter.connection_error("x", exc)
+                self.meter.connection_error(failed_dependency(exc, "x"), exc)
                 log.warning(
                     "polling failed; retrying after a pause",
                     extra=self._log(error=describe(exc), retry_in_s=delay),

@@ -16,7 +16,7 @@ from faust.web import Request, Response, View
 
 from deskstream_router.classify import Rules
 from deskstream_router.consumer import RouterApp
-from deskstream_router.metrics import LAG_INTERVAL_S, RouterMetrics
+from deskstream_router.metrics import LAG_INTERVAL_S
 from deskstream_router.settings import RouterSettings
 from deskstream_router.topology import Topology
 
@@ -55,7 +55,7 @@ def create_app(settings: RouterSettings) -> faust.App:
         ]
     )
     topology = Topology(app, settings, Rules.load(settings.rules_path))
-    metrics = RouterMetrics(settings)
+    metrics = topology.metrics  # one RouterMetrics: the topology counts batches with it
     app.sensors.add(metrics.sensor())
     app.timer(LAG_INTERVAL_S, name="consumer-lag")(metrics.sample_lag)
     readiness = Readiness(meter=metrics.meter)

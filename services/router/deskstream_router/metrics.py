@@ -3,14 +3,13 @@
 Faust consumes for the router, so what the shared runner counts by itself is gathered here
 in three ways, none with an await per record:
 
-- `RouterSensor`, a Faust sensor (added in app.py): records consumed per topic when a
-  stream acknowledges them, with their age; records produced per topic once Kafka
+- `RouterSensor`, a Faust sensor (added in app.py): records produced per topic once Kafka
   acknowledged them (commands, routing records, dead letters, table changelogs);
 - `RouterMetrics.sample_lag`, on a timer (app.py): the router group's committed-offset
   lag per partition, asked from the broker (two requests, whatever the partitions);
-- `RouterMetrics.batch` and `RouterMetrics.dead_letter`, for the topology to call after
-  each agent batch and for each dead letter (the processing time per agent and the dead
-  letters by reason are only known there; see the router README, "Metrics").
+- `RouterMetrics.batch` and `RouterMetrics.dead_letter`, called by the topology after each
+  agent batch (records consumed per topic, handling time, ages — once per batch, as the
+  shared runner counts) and for each dead letter (by reason).
 """
 
 from __future__ import annotations
@@ -30,19 +29,11 @@ LAG_INTERVAL_S = 10.0
 
 
 class RouterSensor(faust.Sensor):
-    """Counts what Faust's streams acknowledged and what its producer got acks for."""
+    """Counts what Faust's producer got acks for (records in are counted per batch)."""
 
     def __init__(self, meter: Meter, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.meter = meter
-
-    def on_stream_event_out(
-        self, tp: Any, offset: int, stream: Any, event: Any, state: Any = None
-    ) -> None:
-        self.meter.consumed(tp.topic)
-        timestamp = getattr(event.message, "timestamp", None)
-        if timestamp:
-            self.meter.ages(stream_step(stream), (int(timestamp * 1000),))
 
     def on_send_completed(self, producer: Any, state: Any, metadata: Any) -> None:
         self.meter.produced(metadata.topic)
@@ -69,10 +60,14 @@ class RouterMetrics:
     # --- called by the topology --------------------------------------------------------
 
     def batch(self, stream: Any, events: Sequence[Any], started: float) -> None:
-        """After an agent's batch (`started`: time.monotonic() before it): its handling time,
-        under the agent's name as the step."""
+        """After an agent's batch (`started`: time.monotonic() before it): its records per
+        topic, its handling time and the records' ages, under the agent's name as the step."""
         if events:
-            self.meter.processing(stream_step(stream), time.monotonic() - started)
+            self.meter.handled(
+                stream_step(stream),
+                ((e.message.topic, int((e.message.timestamp or 0) * 1000)) for e in events),
+                time.monotonic() - started,
+            )
 
     def dead_letter(self, error: BaseException) -> None:
         """For each record sent to deadletter.router: counted by the error's type."""
