@@ -22,6 +22,7 @@ import asyncio
 import importlib.util
 import os
 import secrets
+import signal
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -227,6 +228,9 @@ async def run_phase(
         "MONGODB_DATABASE": database,
         "DESKSTREAM_TOPIC_PREFIX": prefix,
         "TICKET_API_ADMIN_API_KEY": admin_key,
+        # A step (batch, commit, relay turn) hanging this long is logged with where it
+        # waits, before the bench's own stall check (STALL_S) gives up on the phase.
+        "TICKET_API_STUCK_AFTER_S": str(STALL_S / 2),
         "LOG_LEVEL": log_level,
     }
     logs, work = infra.run_dir / "logs", infra.run_dir / "work"
@@ -279,9 +283,16 @@ async def run_phase(
         t0 = time.time() * 1000
         sent = await _produce(publisher, topics, measured, rate)
         handed_over = time.time() * 1000
-        await tracker.wait_for(
-            f"{name} tickets", lambda: len(want & tracker.created.keys()), len(want), alive
-        )
+        try:
+            await tracker.wait_for(
+                f"{name} tickets", lambda: len(want & tracker.created.keys()), len(want), alive
+            )
+        except RuntimeError:
+            # Stuck: have the ticket-api log where each of its tasks waits, for the report.
+            api.proc.send_signal(signal.SIGUSR1)
+            await asyncio.sleep(1)
+            print(f"  stalled: task dump and logs in {logs}", flush=True)
+            raise
         cpu_use = cpu.stop()
         metrics_after = services.scrape(api.url, TICKET_API_METRICS)
         last_seen = max(tracker.created_seen[t] for t in ids)

@@ -1,4 +1,9 @@
-"""Honest health: `/healthz` (the process runs), `/readyz` (its dependencies answer), `/metrics`.
+"""Honest health: `/healthz` (the process makes progress), `/readyz` (its dependencies answer),
+`/metrics`.
+
+`/healthz` answers 503 only when a `Watchdog` (deskstream.watchdog) sees a step of work hang
+past its limit: restarting the process is then the cure. A dependency that is down makes
+`/readyz` fail instead, since a restart would not bring it back.
 
 A `Readiness` holds named async checks; each runs with a short timeout on every request,
 so `/readyz` turns 503 within seconds of a dependency going away and 200 once it is back.
@@ -23,6 +28,7 @@ from aiokafka import AIOKafkaClient
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from deskstream.metrics import Meter
+from deskstream.watchdog import Watchdog
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -146,8 +152,16 @@ async def scrape(readiness: Readiness | None) -> tuple[bytes, str]:
     return metrics_body()
 
 
+def liveness(watchdog: Watchdog | None) -> tuple[int, dict[str, Any]]:
+    """The `/healthz` status and body: 503 naming the stuck steps, else 200."""
+    stuck = watchdog.stuck() if watchdog is not None else {}
+    if stuck:
+        return 503, {"status": "stuck", "stuck_seconds": stuck}
+    return 200, {"status": "ok"}
+
+
 def ops_app(readiness: Readiness) -> web.Application:
-    """An aiohttp app with the three ops routes."""
+    """An aiohttp app with the three ops routes (the workers have no watchdog yet)."""
     from aiohttp import web
 
     async def healthz(_: web.Request) -> web.Response:
@@ -181,16 +195,17 @@ async def ops_server(readiness: Readiness, host: str, port: int) -> web.AppRunne
     return runner
 
 
-def fastapi_router(readiness: Readiness) -> APIRouter:
+def fastapi_router(readiness: Readiness, watchdog: Watchdog | None = None) -> APIRouter:
     """The ops routes for a FastAPI app (no authentication: probes and scrapers call them)."""
     from fastapi import APIRouter, Response
     from fastapi.responses import JSONResponse
 
     router = APIRouter(tags=["ops"])
 
-    @router.get("/healthz")
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
+    @router.get("/healthz", response_model=None)
+    async def healthz() -> JSONResponse:
+        status, body = liveness(watchdog)
+        return JSONResponse(body, status_code=status)
 
     @router.get("/readyz", response_model=None)
     async def readyz() -> JSONResponse:

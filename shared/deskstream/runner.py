@@ -19,6 +19,9 @@ Metrics (deskstream.metrics), counted once per committed batch: records consumed
 dead letters by reason, the batch's handling time and its records' ages, retries; and the
 consumer lag of every assigned partition, read from the consumer's own fetch state (last
 stable offset minus position) at most once a second: no broker call of its own.
+
+With a `Watchdog`, each handling attempt and each commit is a timed step: one that hangs is
+logged with where it waits and fails the service's `/healthz` (deskstream.watchdog).
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from deskstream.logs import event_context
 from deskstream.metrics import Meter
 from deskstream.producer import encode, producer_config
 from deskstream.settings import ServiceSettings
+from deskstream.watchdog import Watchdog
 
 log = logging.getLogger(__name__)
 M = TypeVar("M", bound=BaseModel)
@@ -128,6 +132,7 @@ class BatchRunner:
         transient: tuple[type[BaseException], ...] = (),
         backoff_max_s: float = 10.0,
         step: str | None = None,
+        watchdog: Watchdog | None = None,
     ) -> None:
         self.stage = stage
         self.topics = list(topics)
@@ -135,6 +140,8 @@ class BatchRunner:
         # The metrics' step: what this runner consumes, by registry name.
         self.step = step or ",".join(self.meter.bare(t) for t in self.topics)
         self.handler = handler
+        # Times each handling attempt and each commit (see deskstream.watchdog).
+        self.watchdog = watchdog or Watchdog(stuck_after_s=float("inf"))
         self.group_id = group_id
         self.dlq_topic = settings.topics.deadletter(stage)
         self.max_batch = max_batch
@@ -241,17 +248,8 @@ class BatchRunner:
         delay = 0.2
         while True:
             try:
-                async with self.producer.transaction():
-                    for letter, key, headers in zip(
-                        self._letters, self._letter_keys, self._letter_headers, strict=True
-                    ):
-                        await self.producer.send(
-                            self.dlq_topic, key=key, value=encode(letter), headers=headers
-                        )
-                    await self.producer.send_offsets_to_transaction(
-                        {tp: OffsetAndMetadata(o, "") for tp, o in offsets.items()},
-                        self.group_id,
-                    )
+                with self.watchdog.step(f"{self.stage}: commit"):
+                    await self._commit_once(offsets)
                 break
             except KafkaError as exc:
                 # The transaction was aborted: nothing of it is visible; try it again.
@@ -267,12 +265,25 @@ class BatchRunner:
             self.meter.produced(self.dlq_topic, len(self._letters))
         self._letters, self._letter_keys, self._letter_headers = [], [], []
 
+    async def _commit_once(self, offsets: dict[TopicPartition, int]) -> None:
+        async with self.producer.transaction():
+            for letter, key, headers in zip(
+                self._letters, self._letter_keys, self._letter_headers, strict=True
+            ):
+                await self.producer.send(
+                    self.dlq_topic, key=key, value=encode(letter), headers=headers
+                )
+            await self.producer.send_offsets_to_transaction(
+                {tp: OffsetAndMetadata(o, "") for tp, o in offsets.items()}, self.group_id
+            )
+
     async def _handle_until_done(self, records: list[Record]) -> None:
         """Handle the batch, retrying transient failures with pauses until it goes through."""
         delay = 0.2
         while True:
             try:
-                await self._handle(records, attempts={})
+                with self.watchdog.step(f"{self.stage}: handle {len(records)} records"):
+                    await self._handle(records, attempts={})
                 return
             except self.transient as exc:
                 self._letters, self._letter_keys, self._letter_headers = [], [], []

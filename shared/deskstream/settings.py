@@ -74,6 +74,13 @@ class MongoSettingsMixin(BaseSettings):
         default="deskstream",
         validation_alias=AliasChoices("MONGODB_DATABASE", "mongodb_database"),
     )
+    # A reply that does not come within this fails the operation, which is then retried: a
+    # server that keeps the connection open but never answers must not hang a consumer.
+    mongodb_socket_timeout_ms: int = Field(
+        default=60_000,
+        ge=1000,
+        validation_alias=AliasChoices("MONGODB_SOCKET_TIMEOUT_MS", "mongodb_socket_timeout_ms"),
+    )
 
 
 def check_secret(name: str, value: SecretStr | None) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import subprocess
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,9 @@ from deskstream.events import (
 )
 from deskstream.ids import event_id, ticket_id_for
 from deskstream_router.classify import Rules
+from deskstream_router.models import PlaceTicket
 
+from bench.pipeline import changelog_stats
 from tests.conftest import Infra, free_port
 from tests.kafka_helpers import Collector, publish, roster_reached
 from tests.services import start_service, stop_all, wait_status
@@ -69,6 +71,21 @@ def commands(records: list[Any], kind: str, ticket_id: str) -> list[dict[str, An
         if value["type"] == kind and value["ticket_id"] == ticket_id:
             out.append(value)
     return out
+
+
+def placements(name: str, n: int) -> list[PlaceTicket]:
+    """`n` new email tickets for team network, as the router's first stage sends them."""
+    start = datetime.now(UTC)
+    return [
+        PlaceTicket(
+            ticket_id=ticket_id_for(f"{name}-{i}"),
+            team="network",
+            channel=Channel.EMAIL,
+            service_id="printing",
+            created_at=start + timedelta(milliseconds=i),
+        )
+        for i in range(n)
+    ]
 
 
 @pytest.fixture
@@ -198,3 +215,66 @@ async def test_queued_ticket_is_assigned_when_an_agent_comes_online(
         )
         assigned = await out.wait_for(lambda rs: commands(rs, "assign", tid))
         assert assigned[0]["agent_id"] == "b1"
+
+
+async def test_a_team_queue_past_one_megabyte_keeps_routing(
+    infra: Infra, topic_prefix: str, router: subprocess.Popen[bytes]
+) -> None:
+    """An outage storm: 18,000 tickets wait in one team with nobody online. The team's
+    changelog record grows past Kafka's default 1 MB; the router keeps queueing, and when an
+    agent comes online the oldest tickets are assigned first."""
+    p = topic_prefix
+    await publish(infra.kafka, f"{p}agents.state", [("s1", agent("s1", Presence.OFFLINE, vpn=1))])
+    await roster_reached(infra.kafka, p, "s1", lambda snap: True)
+    storm = placements("storm", 18_000)
+    async with Collector(infra.kafka, f"{p}tickets.commands") as out:
+        await publish(infra.kafka, f"{p}routing.requests", [("network", t) for t in storm])
+        await out.wait_for(
+            lambda rs: sum(b'"type":"queue"' in r.value for r in rs) >= len(storm), timeout=300
+        )
+        teams = changelog_stats(infra.kafka, p)["router-teams-changelog"]
+        assert teams["newest_record_bytes_max"] > 1_048_576, teams
+
+        await publish(
+            infra.kafka, f"{p}agents.state", [("s1", agent("s1", Presence.ONLINE, vpn=1))]
+        )
+        # s1 takes 10 email tickets (its cap): the 10 oldest, whichever partition says so first.
+        assigned = await out.wait_for(
+            lambda rs: (
+                len(a := [json.loads(r.value) for r in rs if b'"type":"assign"' in r.value]) >= 10
+                and a
+            )
+        )
+        assert {a["ticket_id"] for a in assigned} == {t.ticket_id for t in storm[:10]}
+    assert router.poll() is None
+
+
+async def test_a_full_team_queue_dead_letters_new_tickets_with_the_reason(
+    infra: Infra, topic_prefix: str, tmp_path: Path
+) -> None:
+    p = topic_prefix
+    port = free_port()
+    env = infra.service_env(p, ROUTER_MAX_QUEUED_PER_TEAM="3")
+    proc = start_service("router", env, port, tmp_path / "router.log")
+    try:
+        wait_status([port], 200, timeout=90)
+        await publish(
+            infra.kafka, f"{p}agents.state", [("f1", agent("f1", Presence.OFFLINE, vpn=1))]
+        )
+        await roster_reached(infra.kafka, p, "f1", lambda snap: True)
+        tickets = placements("full", 5)
+        async with Collector(infra.kafka, f"{p}tickets.commands", f"{p}deadletter.router") as out:
+            await publish(infra.kafka, f"{p}routing.requests", [("network", t) for t in tickets])
+            letters = await out.wait_for(
+                lambda rs: len(dl := [r for r in rs if r.topic.endswith("router")]) == 2 and dl
+            )
+            queued = [json.loads(r.value) for r in out.records if b'"type":"queue"' in r.value]
+        # Commands are keyed by ticket, so they come from several partitions: no order.
+        assert {q["ticket_id"] for q in queued} == {t.ticket_id for t in tickets[:3]}
+        reasons = [json.loads(r.value)["reason"] for r in letters]
+        assert all("already has 3 queued tickets" in reason for reason in reasons), reasons
+        for ticket in tickets[3:]:
+            assert sum(ticket.ticket_id in reason for reason in reasons) == 1, reasons
+        assert proc.poll() is None
+    finally:
+        stop_all([proc])

@@ -85,15 +85,13 @@ async def test_queues_sla_risk_gauges_and_ops_status(api: Api) -> None:
     }
     assert after == {"assigned": 1, "queued": 1, "queue_moved": 1, "deflected": 1}
 
-    queues = {q.team: q for q in await ops.queues(db=api.runtime.store.db)}
+    snap = await ops.snapshot(db=api.runtime.store.db, now=now, warn_fraction=0.8)
+    queues = {q.team: q for q in snap.queues}
     q = queues[TEAM]
     assert (q.waiting, q.queued, q.oldest_ticket_id) == (3, 1, old)
     assert 11 * 60 < q.age_s(now) < 13 * 60
 
-    risks = {
-        (r.service, r.target): (r.at_risk, r.breached)
-        for r in await ops.sla_risks(db=api.runtime.store.db, now=now, warn_fraction=0.8)
-    }
+    risks = {(r.service, r.target): (r.at_risk, r.breached) for r in snap.risks}
     assert risks[("ops-vpn", "response")] == (1, 1)  # risky; old
     # Resolution (100 min): taken (85) at risk; deflected (200, pending) breached.
     assert risks[("ops-vpn", "resolution")] == (1, 1)

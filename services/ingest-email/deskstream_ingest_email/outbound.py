@@ -250,6 +250,7 @@ class ReplyService:
             settings.mongodb_uri.get_secret_value(),
             tz_aware=True,
             serverSelectionTimeoutMS=5000,
+            socketTimeoutMS=settings.mongodb_socket_timeout_ms,
             appname=f"{settings.service_name}-replies",
         )
         sent = SentLog(mongo[settings.mongodb_database][settings.sent_collection])

@@ -88,11 +88,18 @@ def create_app(settings: RouterSettings) -> faust.App:
 
 
 def ensure_internal_topics(app: faust.App, settings: RouterSettings) -> None:
-    """Create the tables' changelog topics (compacted) before the worker joins its group."""
+    """Create the tables' changelog topics (compacted) before the worker joins its group.
+
+    A team's `teams` value holds its whole queue's sort entries, so a long queue makes a big
+    record: the changelogs take what the producer may send (4 MiB, about 70,000 queued
+    tickets in one team) instead of the broker's default 1 MB (about 17,000). A write
+    refused for size is only logged by Faust, and the table would come back without it
+    after a restart.
+    """
     topics = {
         table.changelog_topic.get_topic_name(): (
             table.partitions or 6,
-            {"cleanup.policy": "compact"},
+            {"cleanup.policy": "compact", "max.message.bytes": str(DEAD_LETTER_MAX_BYTES)},
         )
         for table in app.tables.values()
     }

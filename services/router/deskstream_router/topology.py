@@ -102,6 +102,10 @@ def _record(event: EventT) -> Record:
     )
 
 
+class QueueFull(Exception):
+    """The team's queue is at its limit: the placement goes to the dead-letter topic."""
+
+
 class Topology:
     def __init__(self, app: faust.App, settings: RouterSettings, rules: Rules) -> None:
         self.app = app
@@ -495,6 +499,7 @@ class Topology:
                 await self._replay_placement(item, placed)
                 return
             if not await self._try_assign(item, team, now_ms):
+                self._check_room(item, team)
                 await self._enqueue(item, team)
             return
         if isinstance(item, AgentSnapshot):
@@ -572,6 +577,14 @@ class Topology:
             )
         )
         return True
+
+    def _check_room(self, item: PlaceTicket, team: TeamState) -> None:
+        waiting = sum(len(q) for q in team.state["queue"].values())
+        if waiting >= self.settings.max_queued_per_team:
+            raise QueueFull(
+                f"team {item.team} already has {waiting} queued tickets "
+                f"(ROUTER_MAX_QUEUED_PER_TEAM); ticket {item.ticket_id} was not queued"
+            )
 
     async def _enqueue(self, item: PlaceTicket, team: TeamState) -> None:
         """The ticket waits in its channel's queue: by criticality, then age."""

@@ -63,7 +63,7 @@ def create_app(settings: TicketApiSettings) -> FastAPI:
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     # Out of the schema: shared/health.py's route annotations name locally imported
     # response classes, which FastAPI cannot resolve when it builds the document.
-    app.include_router(fastapi_router(runtime.readiness), include_in_schema=False)
+    app.include_router(fastapi_router(runtime.readiness, runtime.watchdog), include_in_schema=False)
     if settings.api_enabled:
         app.include_router(routes.v1())
 

@@ -54,17 +54,7 @@ INDEXES: dict[str, list[IndexModel]] = {
                 "contact_id",
             )
         ),
-        # ops.py: the tickets nobody has, per team and age (the queues), and open tickets
-        # per service and age (SLA risk). Both read only open tickets, never the history.
-        IndexModel(
-            [
-                ("assignee", ASCENDING),
-                ("status", ASCENDING),
-                ("team", ASCENDING),
-                ("created_at", ASCENDING),
-            ],
-            name="waiting",
-        ),
+        # ops.py reads the unresolved tickets (status first), never the history.
         IndexModel(
             [("status", ASCENDING), ("service_id", ASCENDING), ("created_at", ASCENDING)],
             name="sla",

@@ -38,6 +38,7 @@ from aiokafka.errors import KafkaError
 from deskstream.cloudevents import ce_headers, header
 from deskstream.metrics import Meter
 from deskstream.producer import OutRecord, Publisher
+from deskstream.watchdog import Watchdog
 from pymongo import ASCENDING, ReturnDocument
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
@@ -143,8 +144,17 @@ class Lease:
 
 
 class OutboxRelay:
-    def __init__(self, *, store: Store, settings: TicketApiSettings, waker: Waker) -> None:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        settings: TicketApiSettings,
+        waker: Waker,
+        watchdog: Watchdog | None = None,
+    ) -> None:
         self.store = store
+        # Times the read-back and each publish turn (see deskstream.watchdog).
+        self.watchdog = watchdog or Watchdog(stuck_after_s=float("inf"))
         self.settings = settings
         self.waker = waker
         self.lease = Lease(store=store, name=LEASE_NAME, ttl_s=settings.relay_lease_s)
@@ -196,12 +206,14 @@ class OutboxRelay:
             self.active = True
             self.meter.lease(LEASE_NAME, True)
             log.info("outbox relay active", extra={"owner": self.lease.owner})
-            await self.recover(publisher)
+            with self.watchdog.step("outbox relay: read-back"):
+                await self.recover(publisher)
             while not stop.is_set():
-                if not await self.lease.keep():
-                    log.warning("outbox relay lost its lease; standing by")
-                    return
-                sent = await self.publish_once(publisher)
+                with self.watchdog.step("outbox relay: publish"):
+                    if not await self.lease.keep():
+                        log.warning("outbox relay lost its lease; standing by")
+                        return
+                    sent = await self.publish_once(publisher)
                 if sent < self.settings.relay_batch:
                     await self.waker.wait(self.settings.relay_poll_ms / 1000)
         finally:

@@ -18,6 +18,7 @@ from deskstream.lifecycle import BackgroundStart
 from deskstream.metrics import Meter
 from deskstream.producer import Publisher
 from deskstream.runner import BatchRunner
+from deskstream.watchdog import Watchdog, dump_tasks_on_sigusr1
 from pymongo import AsyncMongoClient
 from pymongo.errors import ConnectionFailure, PyMongoError
 
@@ -38,7 +39,10 @@ class Runtime:
         self.settings = settings
         self.topics = settings.topics
         self.client: AsyncMongoClient[Doc] = AsyncMongoClient(
-            settings.mongodb_uri.get_secret_value(), serverSelectionTimeoutMS=2000, tz_aware=True
+            settings.mongodb_uri.get_secret_value(),
+            serverSelectionTimeoutMS=2000,
+            socketTimeoutMS=settings.mongodb_socket_timeout_ms,
+            tz_aware=True,
         )
         self.store = Store(self.client, self.client[settings.mongodb_database])
         # The plain producer publishes portal requests; the relay has its own transactional
@@ -46,8 +50,12 @@ class Runtime:
         self.publisher = Publisher(settings)
         self.producer = BackgroundStart("kafka producer", self.publisher.start, self.publisher.stop)
         self.waker = Waker()
+        # The consumer's batches and the relay's turns; a hang fails /healthz.
+        self.watchdog = Watchdog(stuck_after_s=settings.stuck_after_s)
         self.relay = (
-            OutboxRelay(store=self.store, settings=settings, waker=self.waker)
+            OutboxRelay(
+                store=self.store, settings=settings, waker=self.waker, watchdog=self.watchdog
+            )
             if settings.relay_enabled
             else None
         )
@@ -57,6 +65,7 @@ class Runtime:
         self.consumer_running = False
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._watch: asyncio.Task[None] | None = None
 
         self.readiness = Readiness(meter=Meter.of(settings))
         self.readiness.add("mongodb", mongo_probe(self.client), connection="mongodb")
@@ -77,12 +86,16 @@ class Runtime:
 
     async def start(self) -> None:
         self._stop.clear()
+        dump_tasks_on_sigusr1()
+        self._watch = asyncio.create_task(self.watchdog.watch(), name="watchdog")
         self.producer.begin()
         self._tasks.append(asyncio.create_task(self._init_then_work(), name="ticket-api-init"))
 
     async def stop(self) -> None:
         self._stop.set()
         self.waker.wake()
+        if self._watch is not None:
+            self._watch.cancel()
         if self._tasks:
             _, late = await asyncio.wait(self._tasks, timeout=STOP_TIMEOUT_S)
             for task in late:
@@ -161,6 +174,7 @@ class Runtime:
                 max_wait_ms=self.settings.command_wait_ms,
                 # A MongoDB outage pauses consumption; the batch is retried once it is back.
                 transient=(ConnectionFailure,),
+                watchdog=self.watchdog,
             )
             try:
                 await runner.start()

@@ -48,6 +48,11 @@ class TicketApiSettings(ServiceSettings, MongoSettingsMixin):
     sla_warn_fraction: float = Field(default=0.8, gt=0, le=1)
     ops_groups: list[str] = ["router", "ticket-api-commands"]
 
+    # A batch, commit or relay turn under way longer than this fails /healthz (the process is
+    # restarted) and logs where it waits; see deskstream.watchdog. The relay's start-up
+    # read-back may take up to 120 s, so keep it above that.
+    stuck_after_s: float = Field(default=300.0, ge=1.0)
+
     # REST limits.
     page_limit_max: int = Field(default=200, ge=1, le=1000)
     max_body_bytes: int = Field(default=1_048_576, ge=1024)

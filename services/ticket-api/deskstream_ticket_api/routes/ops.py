@@ -50,10 +50,7 @@ async def status(rt: RuntimeDep, _: Staff) -> OpsStatusRead:
                 error=error,
             )
         )
-    queues = await ops.queues(db=rt.store.db)
-    risks = await ops.sla_risks(
-        db=rt.store.db, now=now, warn_fraction=rt.settings.sla_warn_fraction
-    )
+    snap = await ops.snapshot(db=rt.store.db, now=now, warn_fraction=rt.settings.sla_warn_fraction)
     return OpsStatusRead(
         at=now,
         consumer_lag=lags,
@@ -66,7 +63,7 @@ async def status(rt: RuntimeDep, _: Staff) -> OpsStatusRead:
                     ticket_id=q.oldest_ticket_id, since=q.oldest_since, age_s=q.age_s(now)
                 ),
             )
-            for q in queues
+            for q in snap.queues
         ],
         sla=[
             SlaRiskRead(
@@ -76,7 +73,7 @@ async def status(rt: RuntimeDep, _: Staff) -> OpsStatusRead:
                 at_risk=r.at_risk,
                 breached=r.breached,
             )
-            for r in risks
+            for r in snap.risks
             if r.at_risk or r.breached
         ],
     )
