@@ -141,7 +141,7 @@ class BatchRunner:
         self.step = step or ",".join(self.meter.bare(t) for t in self.topics)
         self.handler = handler
         # Times each handling attempt and each commit (see deskstream.watchdog).
-        self.watchdog = watchdog or Watchdog(stuck_after_s=float("inf"))
+        self.watchdog = watchdog or Watchdog()
         self.group_id = group_id
         self.dlq_topic = settings.topics.deadletter(stage)
         self.max_batch = max_batch

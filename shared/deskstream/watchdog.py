@@ -59,7 +59,8 @@ class _Step:
 
 @dataclass
 class Watchdog:
-    stuck_after_s: float
+    # The default never reports: the null watchdog of code run without one.
+    stuck_after_s: float = float("inf")
     _steps: dict[int, _Step] = field(default_factory=dict)
     _next: int = 0
 

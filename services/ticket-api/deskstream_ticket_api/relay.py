@@ -154,7 +154,7 @@ class OutboxRelay:
     ) -> None:
         self.store = store
         # Times the read-back and each publish turn (see deskstream.watchdog).
-        self.watchdog = watchdog or Watchdog(stuck_after_s=float("inf"))
+        self.watchdog = watchdog or Watchdog()
         self.settings = settings
         self.waker = waker
         self.lease = Lease(store=store, name=LEASE_NAME, ttl_s=settings.relay_lease_s)
